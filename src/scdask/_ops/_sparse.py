@@ -16,8 +16,6 @@ computed on the dense block, so results are always right; only memory grows.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import scipy.sparse as sp
 
@@ -96,13 +94,13 @@ class _BlockMixin:
         elif op in ("max", "min"):
             if 0 in self.shape:
                 raise ValueError(f"zero-size block has no {op}")
-            result = getattr(sp.csr_array(self) if self.format == "csr" else sp.csc_array(self), op)(
-                axis=axis
-            )
+            result = getattr(self.to_scipy(), op)(axis=axis)
             if dtype is not None:
                 result = np.asarray(_dense(result)).astype(dtype)
         else:
-            base = sp.csr_array(self) if self.format == "csr" else sp.csc_array(self)
+            base = self.to_scipy()
+            if dtype is not None and np.dtype(dtype) != base.dtype:
+                base = base.astype(dtype)  # accumulate in the requested precision
             result = getattr(base, op)(axis=axis, dtype=dtype)
         return _keep(result, axis, keepdims)
 
@@ -125,9 +123,9 @@ class _BlockMixin:
         kwargs.pop("out", None)
         if ufunc is np.matmul:
             a, b = (_plain(i) for i in inputs)
-            if not sp.issparse(a):
-                return as_block((b.T @ np.asarray(a).T).T)
-            return as_block(a @ b)
+            out = (b.T @ np.asarray(a).T).T if not sp.issparse(a) else a @ b
+            # numpy semantics (and dask's matmul, which adds an axis to the result): dense.
+            return _dense(out) if sp.issparse(out) else np.asarray(out)
         if ufunc.nin == 1:
             (x,) = inputs
             if _zero_preserving(ufunc, x.dtype):
@@ -155,10 +153,13 @@ class _BlockMixin:
         if func is np.concatenate:
             return concatenate(*args, **kwargs)
         if func is np.clip:
-            x, lo, hi = (list(args) + [kwargs.get("a_min"), kwargs.get("a_max")])[:3]
-            if (lo is None or np.all(np.asarray(lo) <= 0)) and (
-                hi is None or np.all(np.asarray(hi) >= 0)
-            ) and np.ndim(lo) == 0 and np.ndim(hi) == 0:
+            x, lo, hi = ([*list(args), kwargs.get("a_min"), kwargs.get("a_max")])[:3]
+            if (
+                (lo is None or np.all(np.asarray(lo) <= 0))
+                and (hi is None or np.all(np.asarray(hi) >= 0))
+                and np.ndim(lo) == 0
+                and np.ndim(hi) == 0
+            ):
                 return as_block(x._with_data(np.clip(x.data, lo, hi), copy=True))
         if func is np.count_nonzero and len(args) == 1 and not kwargs:
             return args[0].count_nonzero()
