@@ -4,20 +4,31 @@ Examples
 --------
 >>> import scdask
 >>> adata = scdask.read_h5ad(scdask.datasets.sample_path())
->>> adata.X
-dask.array<...>
+>>> adata.X.sum(axis=1).compute().shape
+(559,)
 """
 
 from __future__ import annotations
 
-from scdask import _config  # noqa: F401  (registers the dask.config defaults)
-from scdask import _ops  # noqa: F401  (registers the block types with dask)
-from scdask import io
-from scdask.io import read_h5ad, read_zarr
+from scdask import (
+    _config,  # noqa: F401  (registers the dask.config defaults)
+    _ops,  # noqa: F401  (registers the block types with dask)
+    activity,
+    datasets,
+    io,
+    launch,
+    plotting,
+)
+from scdask import preprocessing as pp
+from scdask.io import read_h5ad, read_zarr, write_h5ad, write_zarr
 
 __all__ = [
+    "activity",
     "datasets",
     "io",
+    "launch",
+    "plotting",
+    "pp",
     "read_h5ad",
     "read_zarr",
     "write_h5ad",

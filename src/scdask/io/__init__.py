@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from scdask.io._read import CSCReadWarning, read_h5ad, read_zarr
 from scdask.io._store import FileFormatError
+from scdask.io._tools import StoreInfo, convert, inspect, subset, update_metadata
+from scdask.io._write import write_h5ad, write_zarr
 
 __all__ = [
     "CSCReadWarning",
     "FileFormatError",
+    "StoreInfo",
+    "convert",
+    "inspect",
     "read_h5ad",
     "read_zarr",
+    "subset",
+    "update_metadata",
+    "write_h5ad",
+    "write_zarr",
 ]

@@ -124,6 +124,9 @@ def _csr_rows(elem, source: MatrixSource, start: int, stop: int) -> CSRBlock:
     if indices.dtype != np.int32 and source.shape[1] < np.iinfo(np.int32).max:
         indices = indices.astype(np.int32)
     indptr -= lo
+    if indices.dtype == np.int32 and hi - lo < np.iinfo(np.int32).max:
+        # Matching index dtypes: an int64 indptr makes scipy copy the indices to int64.
+        indptr = indptr.astype(np.int32)
     if data.shape[0] != hi - lo or indices.shape[0] != hi - lo:
         raise FileFormatError(
             f"{source.key!r} in {source.path!r}: rows {start}:{stop} point past the end of "
@@ -177,13 +180,12 @@ def lazy_matrix(source: MatrixSource, chunk_size: int | str = "auto") -> da.Arra
     rows = auto_rows(source) if chunk_size == "auto" else int(chunk_size)
     if rows <= 0:
         raise ValueError(f"chunk_size must be a positive number of rows or 'auto', got {rows}.")
-    bounds = list(range(0, n_rows, rows)) + [n_rows]
+    bounds = [*list(range(0, n_rows, rows)), n_rows]
     chunks = (tuple(np.diff(bounds).tolist()) or (0,), (n_cols,))
     mtime = os.stat(source.path).st_mtime_ns
     name = f"read-{source.key.replace('/', '-')}-" + tokenize(source, rows, mtime)
     dsk = {
-        (name, i, 0): (read_block, source, bounds[i], bounds[i + 1])
-        for i in range(len(bounds) - 1)
+        (name, i, 0): (read_block, source, bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)
     }
     if source.layout == "dense":
         meta = np.empty((0, 0), dtype=source.dtype)
@@ -207,7 +209,9 @@ def _read(
             )
         for needed in ("obs", "var"):
             if needed not in f:
-                raise FileFormatError(f"{str(path)!r} has no {needed!r} table; it is not an AnnData file.")
+                raise FileFormatError(
+                    f"{str(path)!r} has no {needed!r} table; it is not an AnnData file."
+                )
         obs = _read_frame(f, "obs", spath)
         var = _read_frame(f, "var", spath)
         x_src = matrix_source(spath, fmt, f, "X")

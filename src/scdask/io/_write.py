@@ -1,0 +1,527 @@
+"""Streaming, atomic writers: a lazy AnnData goes to .h5ad / zarr one block at a time.
+
+Each matrix that is a Dask array is computed block by block, in order, with a bounded
+window of blocks in flight, and appended to resizable ``data``/``indices``/``indptr``
+arrays (sparse) or written into a preallocated array (dense). Everything else (obs, var,
+obsm, varm, obsp, varp, uns, in-memory matrices) goes through ``anndata.io.write_elem``,
+so the result is an ordinary anndata store.
+
+The store is built under a temporary name next to ``path`` and renamed onto ``path`` only
+when complete; on any error (``KeyboardInterrupt`` included) the temporary is removed and
+an existing file at ``path`` is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import dask
+import dask.array as da
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from scdask._ops import CSCBlock, CSRBlock
+from scdask.io._read import MatrixSource
+from scdask.io._store import Format
+
+__all__ = ["write_h5ad", "write_zarr"]
+
+#: Elements of 1-D sparse arrays per storage chunk: at most 1 MiB of float32, at least 16 kiB.
+_CHUNK_ELEMS = 2**18
+_MIN_CHUNK_ELEMS = 2**12
+#: Bytes per storage chunk of a dense matrix.
+_DENSE_CHUNK_BYTES = 2**22
+
+
+def write_h5ad(
+    adata: ad.AnnData,
+    path: str | os.PathLike,
+    *,
+    compression: str | None = None,
+) -> None:
+    """Write an AnnData to ``.h5ad``, streaming lazy matrices block by block.
+
+    ``X``, layers and ``raw.X`` may be Dask arrays (of :class:`scdask._ops.CSRBlock`,
+    scipy or numpy blocks, read by :func:`scdask.read_h5ad` and possibly transformed by
+    lazy operations) or in-memory matrices. A Dask matrix is never held whole: its
+    blocks are computed in order, a few at a time (one window per worker thread), and
+    appended to the file. Sparse blocks are written as anndata's ``csr_matrix``
+    (``csc_matrix`` for an array of CSC column blocks, such as ``X.T``), dense blocks
+    as ``array``. The result reads with ``anndata.read_h5ad`` and scanpy.
+
+    Passes over X: one per lazy matrix written. Upstream results that every block
+    shares (a full reduction such as per-cell totals) are recomputed per window, so
+    compute such statistics first (scdask's preprocessing functions do).
+
+    The file is written under a temporary name in the same folder and renamed onto
+    ``path`` when complete. If anything fails (or is interrupted), the temporary file
+    is removed and an existing file at ``path`` is left untouched.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to write; lazy or in memory.
+    path
+        Destination ``.h5ad`` file. May exist (it is replaced when the new file is
+        complete) unless ``adata`` reads its matrices from it.
+    compression
+        HDF5 filter for the matrices and tables: ``None``, ``"gzip"`` or ``"lzf"``.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a file ``adata`` still reads from.
+    FileNotFoundError
+        The folder of ``path`` does not exist.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, scdask
+    >>> adata = scdask.read_h5ad(scdask.datasets.sample_path())
+    >>> adata.X = np.log1p(adata.X)
+    >>> out = os.path.join(tempfile.mkdtemp(), "log.h5ad")
+    >>> scdask.write_h5ad(adata, out, compression="gzip")
+    >>> import anndata as ad
+    >>> ad.read_h5ad(out).X.shape
+    (559, 32786)
+    """
+    if compression not in (None, "gzip", "lzf"):
+        raise ValueError(f"compression must be None, 'gzip' or 'lzf', got {compression!r}.")
+    write_store(
+        adata, path, "h5ad", WriteOptions({"compression": compression} if compression else {})
+    )
+
+
+def write_zarr(adata: ad.AnnData, path: str | os.PathLike) -> None:
+    """Write an AnnData to an anndata zarr store, streaming lazy matrices block by block.
+
+    Exactly as :func:`write_h5ad`, in anndata's zarr layout (zarr format
+    ``anndata.settings.zarr_write_format``); the store directory is built under a
+    temporary name and renamed onto ``path`` when complete.
+
+    Passes over X: one per lazy matrix written.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to write; lazy or in memory.
+    path
+        Destination store (a directory). May exist (it is replaced when the new
+        store is complete) unless ``adata`` reads its matrices from it.
+
+    Examples
+    --------
+    >>> import os, tempfile, scdask, anndata as ad
+    >>> out = os.path.join(tempfile.mkdtemp(), "sample.zarr")
+    >>> scdask.write_zarr(scdask.read_h5ad(scdask.datasets.sample_path()), out)
+    >>> ad.read_zarr(out).n_obs
+    559
+    """
+    write_store(adata, path, "zarr", WriteOptions())
+
+
+# -- the file as a whole --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How matrices are written: HDF5 dataset options and the window of blocks in flight."""
+
+    dataset_kwargs: dict = field(default_factory=dict)
+    window: int | None = None
+
+
+def write_store(
+    adata: ad.AnnData, path: str | os.PathLike, fmt: Format, opts: WriteOptions
+) -> None:
+    """Write ``adata`` atomically to ``path`` in format ``fmt`` (what both writers call).
+
+    Examples
+    --------
+    >>> import os, tempfile, anndata as ad, numpy as np
+    >>> out = os.path.join(tempfile.mkdtemp(), "a.h5ad")
+    >>> write_store(ad.AnnData(np.ones((3, 2))), out, "h5ad", WriteOptions(window=1))
+    >>> ad.read_h5ad(out).X.sum()
+    6.0
+    """
+    target = Path(path).expanduser().absolute()
+    if not target.parent.is_dir():
+        raise FileNotFoundError(
+            f"Cannot write {str(path)!r}: the folder {str(target.parent)!r} does not exist."
+        )
+    _refuse_self_overwrite(adata, target)
+    with atomic_target(target) as tmp:
+        with _create_store(tmp, fmt) as root:
+            _write_anndata(root, adata, opts)
+
+
+def _write_anndata(root, adata: ad.AnnData, opts: WriteOptions) -> None:
+    root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+    if adata.X is not None:
+        write_matrix(root, "X", adata.X, opts)
+    ad.io.write_elem(root, "obs", adata.obs, dataset_kwargs=opts.dataset_kwargs)
+    ad.io.write_elem(root, "var", adata.var, dataset_kwargs=opts.dataset_kwargs)
+    for key in ("layers", "obsm", "varm", "obsp", "varp"):
+        _write_mapping(root, key, getattr(adata, key), opts)
+    ad.io.write_elem(root, "uns", dict(adata.uns), dataset_kwargs=opts.dataset_kwargs)
+    if adata.raw is not None:
+        raw = root.create_group("raw")
+        raw.attrs.update({"encoding-type": "raw", "encoding-version": "0.1.0"})
+        write_matrix(raw, "X", adata.raw.X, opts)
+        ad.io.write_elem(raw, "var", adata.raw.var, dataset_kwargs=opts.dataset_kwargs)
+        _write_mapping(raw, "varm", adata.raw.varm, opts)
+
+
+def _write_mapping(root, key: str, mapping, opts: WriteOptions) -> None:
+    ad.io.write_elem(root, key, {}, dataset_kwargs=opts.dataset_kwargs)
+    for name, value in mapping.items():
+        write_matrix(root[key], name, value, opts)
+
+
+def write_matrix(group, key: str, value, opts: WriteOptions) -> None:
+    """Write one element: a Dask array streamed block by block, anything else by anndata.
+
+    Examples
+    --------
+    >>> import h5py, numpy as np, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.h5")
+    >>> with h5py.File(path, "w") as f:
+    ...     write_matrix(f, "m", np.eye(2), WriteOptions())
+    ...     f["m"].attrs["encoding-type"]
+    'array'
+    """
+    if isinstance(value, da.Array):
+        _stream_matrix(group, key, value, opts)
+    else:
+        ad.io.write_elem(group, key, _host(value), dataset_kwargs=opts.dataset_kwargs)
+
+
+@contextlib.contextmanager
+def _create_store(path: Path, fmt: Format) -> Iterator:
+    if fmt == "h5ad":
+        with h5py.File(path, "w") as f:
+            yield f
+    else:
+        import zarr
+
+        yield zarr.open_group(str(path), mode="w", zarr_format=ad.settings.zarr_write_format)
+
+
+# -- atomic replacement -----------------------------------------------------------------------
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f".{path.name}.scdask-{tag}-{uuid.uuid4().hex[:12]}")
+
+
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; move it onto ``path`` only if the block succeeds.
+
+    On any exception (``KeyboardInterrupt`` included) the temporary is removed and
+    ``path`` is left as it was. A directory (zarr store) replaces ``path`` by two
+    renames: the old store is moved aside, the new one moved in, the old one removed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> out = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_target(out) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> out.read_text()
+    'done'
+    """
+    tmp = _sibling(path, "tmp")
+    try:
+        yield tmp
+        if tmp.is_file() and not path.is_dir():
+            os.replace(tmp, path)
+            return
+        old = _sibling(path, "old") if path.exists() or path.is_symlink() else None
+        if old is not None:
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+        if old is not None:
+            _remove(old)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def sources_of(adata: ad.AnnData) -> set[str]:
+    """Paths of the files the lazy matrices of ``adata`` read from (from their graphs).
+
+    Examples
+    --------
+    >>> import scdask
+    >>> adata = scdask.read_h5ad(scdask.datasets.sample_path())
+    >>> [p.endswith(".h5ad") for p in sources_of(adata)]
+    [True]
+    """
+    arrays = [adata.X, *adata.layers.values(), *adata.obsm.values(), *adata.varm.values()]
+    if adata.raw is not None:
+        arrays.append(adata.raw.X)
+    paths: set[str] = set()
+    for arr in arrays:
+        if not isinstance(arr, da.Array):
+            continue
+        for layer in arr.__dask_graph__().layers.values():
+            # Readers are materialized layers; other layers are not expanded.
+            for task in getattr(layer, "mapping", {}).values():
+                paths.update(_paths_in(task))
+    return paths
+
+
+def _paths_in(task) -> Iterator[str]:
+    args = task if isinstance(task, tuple) else getattr(task, "args", ())
+    for arg in args:
+        if isinstance(arg, MatrixSource):
+            yield arg.path
+
+
+def _refuse_self_overwrite(adata: ad.AnnData, target: Path) -> None:
+    if not target.exists():
+        return
+    for source in sources_of(adata):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(source, target):
+                raise ValueError(
+                    f"Cannot write to {str(target)!r}: this AnnData still reads its matrices "
+                    "from that file, so replacing it would corrupt the result. Write to a new "
+                    "path, then move the new file onto the old one."
+                )
+
+
+# -- one matrix ------------------------------------------------------------------------------
+
+
+def _host(block):
+    """A block as numpy / plain scipy on the host (GPU blocks copied, our subclasses unwrapped)."""
+    if isinstance(block, (CSRBlock, CSCBlock)):
+        return block.to_scipy()
+    if not isinstance(block, np.ndarray) and hasattr(block, "get"):
+        block = block.get()
+    if isinstance(block, np.matrix):
+        return np.asarray(block)
+    return block
+
+
+def _layout(x: da.Array) -> str:
+    """``"csc"`` for one row of CSC column blocks, ``"csr"`` for other sparse, else ``"dense"``."""
+    meta = _host(x._meta)
+    if not sp.issparse(meta):
+        return "dense"
+    return "csc" if meta.format == "csc" and x.numblocks[0] == 1 else "csr"
+
+
+def _stream_matrix(group, key: str, x: da.Array, opts: WriteOptions) -> None:
+    if x.ndim != 2:
+        # Vectors and other non-matrix arrays are small: anndata writes them.
+        ad.io.write_elem(group, key, _host(x.compute()), dataset_kwargs=opts.dataset_kwargs)
+        return
+    layout = _layout(x)
+    if layout == "dense":
+        _stream_dense(group, key, x, opts)
+    else:
+        _stream_sparse(group, key, x, layout, opts)
+
+
+def _stream_dense(group, key: str, x: da.Array, opts: WriteOptions) -> None:
+    x = x.rechunk({1: -1})
+    n_rows, n_cols = x.shape
+    row_bytes = max(n_cols * x.dtype.itemsize, 1)
+    chunk = (max(1, min(n_rows, _DENSE_CHUNK_BYTES // row_bytes)), max(n_cols, 1))
+    if isinstance(group, h5py.Group):
+        dset = group.create_dataset(
+            key,
+            shape=x.shape,
+            dtype=x.dtype,
+            chunks=chunk if opts.dataset_kwargs and n_rows and n_cols else None,
+            **opts.dataset_kwargs,
+        )
+    else:
+        dset = group.create_array(key, shape=x.shape, dtype=x.dtype, chunks=chunk)
+    dset.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    start = 0
+    for block in computed_blocks(x, opts.window):
+        block = _host(block)
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        stop = start + block.shape[0]
+        if stop > start:
+            dset[start:stop] = block.astype(x.dtype, copy=False)
+        start = stop
+        del block  # not alive while the next block is awaited
+
+
+def _stream_sparse(group, key: str, x: da.Array, layout: str, opts: WriteOptions) -> None:
+    axis = 1 if layout == "csc" else 0
+    x = x.rechunk({1 - axis: -1})
+    n_minor = x.shape[1 - axis]
+    index_dtype = np.int32 if n_minor < np.iinfo(np.int32).max else np.int64
+    g = group.create_group(key)
+    g.attrs.update(
+        {
+            "encoding-type": f"{layout}_matrix",
+            "encoding-version": "0.1.0",
+            "shape": [int(s) for s in x.shape],
+        }
+    )
+    blocks = (_compressed(b, layout) for b in computed_blocks(x, opts.window))
+    first = next(blocks, None)
+    # Storage chunks from the first block's size: small matrices stay small on disk.
+    guess = (first.nnz if first is not None else 0) * x.numblocks[axis]
+    data = _resizable(g, "data", x.dtype, guess, opts)
+    indices = _resizable(g, "indices", index_dtype, guess, opts)
+    # indptr is kept (8 bytes per row, like obs) and written last, in the indices' dtype
+    # when the non-zeros allow: scipy copies int32 indices to int64 for an int64 indptr.
+    pointers = [np.zeros(1, dtype=np.int64)]
+    offset = 0
+    rest = itertools.chain([first] if first is not None else [], blocks)
+    del first
+    for block in rest:
+        _append(data, block.data.astype(x.dtype, copy=False))
+        _append(indices, block.indices.astype(index_dtype, copy=False))
+        pointers.append(block.indptr[1:].astype(np.int64) + offset)
+        offset += int(block.indptr[-1])
+        del block  # not alive while the next block is awaited: memory stays bounded
+    ptr_dtype = index_dtype if offset <= np.iinfo(index_dtype).max else np.int64
+    indptr = np.concatenate(pointers).astype(ptr_dtype)
+    _append(_resizable(g, "indptr", ptr_dtype, indptr.shape[0], opts), indptr)
+
+
+def _compressed(block, layout: str):
+    block = _host(block)
+    block = sp.csc_array(block) if layout == "csc" else sp.csr_array(block)
+    if not block.has_canonical_format:
+        block.sum_duplicates()
+    return block
+
+
+def _resizable(group, name: str, dtype, size_guess: int, opts: WriteOptions):
+    chunk = int(min(max(size_guess, _MIN_CHUNK_ELEMS), _CHUNK_ELEMS))
+    if isinstance(group, h5py.Group):
+        return group.create_dataset(
+            name,
+            shape=(0,),
+            maxshape=(None,),
+            chunks=(chunk,),
+            dtype=dtype,
+            **opts.dataset_kwargs,
+        )
+    return group.create_array(name, shape=(0,), dtype=dtype, chunks=(chunk,))
+
+
+def _append(dset, values: np.ndarray) -> None:
+    if values.shape[0] == 0:
+        return
+    if isinstance(dset, h5py.Dataset):
+        n = dset.shape[0]
+        dset.resize((n + values.shape[0],))
+        dset[n:] = values
+    else:
+        dset.append(values)
+
+
+# -- computing blocks in order ---------------------------------------------------------------
+
+
+def _active_client():
+    """The distributed Client that ``dask.compute`` would use now, or ``None``."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    scheduler = dask.base.get_scheduler()
+    return client if getattr(scheduler, "__self__", None) is client else None
+
+
+def computed_blocks(x: da.Array, window: int | None = None) -> Iterator:
+    """Yield the computed blocks of ``x`` in order, with at most about ``window`` in flight.
+
+    ``x`` must have one chunk along one of its axes. With a distributed Client the blocks
+    are futures in a sliding window; otherwise a window of blocks is computed in one
+    ``dask.compute`` on a background thread while the previous window is consumed.
+    ``window`` defaults to the number of worker threads (plus one with a Client).
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np
+    >>> x = da.arange(6, chunks=2).reshape(3, 2).rechunk((1, 2))
+    >>> [b.tolist() for b in computed_blocks(x, window=2)]
+    [[[0, 1]], [[2, 3]], [[4, 5]]]
+    """
+    blocks = list(x.to_delayed().ravel())
+    client = _active_client()
+    if client is not None:
+        n = window or sum(client.nthreads().values()) + 1
+        yield from _client_window(client, blocks, max(1, n))
+    else:
+        n = window or (dask.config.get("num_workers", None) or os.cpu_count() or 1)
+        yield from _thread_window(blocks, max(1, int(n)))
+
+
+def _client_window(client, blocks: list, window: int) -> Iterator:
+    pending: deque = deque()
+    todo = iter(blocks)
+    try:
+        for block in todo:
+            pending.append(client.compute(block))
+            if len(pending) >= window:
+                break
+        while pending:
+            head = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(client.compute(nxt))
+            result = head.result()
+            del head  # the worker may drop the block now
+            yield result
+            del result  # not alive while the next block is awaited
+    finally:
+        if pending:
+            client.cancel(list(pending))
+
+
+def _thread_window(blocks: list, window: int) -> Iterator:
+    groups = [blocks[i : i + window] for i in range(0, len(blocks), window)]
+    if not groups:
+        return
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scdask-write")
+    try:
+        pending = executor.submit(dask.compute, *groups[0])
+        for nxt in [*groups[1:], None]:
+            done = list(pending.result())
+            pending = executor.submit(dask.compute, *nxt) if nxt is not None else None
+            while done:  # hand blocks over one by one, keeping none once consumed
+                yield done.pop(0)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
