@@ -325,6 +325,8 @@ def as_block(x):
 def concatenate(arrays, axis=0, **kwargs):
     """Concatenate blocks (sparse stays sparse, in CSR form); used by dask's ``concatenate``."""
     arrays = list(arrays)
+    if len(arrays) == 1:
+        return as_block(arrays[0])  # nothing to join: no copy
     if not any(sp.issparse(a) for a in arrays):
         return np.concatenate(arrays, axis=axis, **kwargs)
     if not all(sp.issparse(a) for a in arrays):

@@ -1,0 +1,350 @@
+"""PCA of a matrix of row blocks with implicit centring: X is never densified nor held whole.
+
+Two solvers, both float64 inside:
+
+* ``"covariance"`` (exact): one pass accumulates the genes x genes Gram matrix ``XᵀX`` and the
+  column sums block by block; the covariance ``(XᵀX - n μμᵀ)/(n-1)`` is decomposed with
+  ``eigh`` on the client. Memory ``O(n_genes²)``: for HVG-sized inputs.
+* ``"randomized"`` (wide inputs): randomized subspace iteration on the covariance. Each pass
+  applies ``AᵀA Z = Σ_blocks X_bᵀ(X_b Z) - n μ(μᵀZ)`` with ``A = X - 1μᵀ`` to an orthonormal
+  ``n_genes x (n_comps + n_oversamples)`` basis ``Z`` (Halko, Martinsson & Tropp 2011, power
+  scheme, with the centring kept implicit), followed by a Rayleigh-Ritz step. Memory
+  ``O(n_genes x n_comps)``.
+
+A last pass projects the blocks onto the components, ``X_pca = X V - 1(μᵀV)``.
+Signs follow scikit-learn (and so scanpy): the largest-magnitude loading of each component is
+positive.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import dask
+import numpy as np
+
+from scdask._ops import is_sparse_block
+from scdask.preprocessing._qc import get_matrix, lazy_matrix
+from scdask.preprocessing._scale import map_rows, sum_blocks
+
+if TYPE_CHECKING:
+    import anndata as ad
+    import dask.array as da
+
+__all__ = ["pca"]
+
+Solver = Literal["auto", "covariance", "randomized"]
+
+#: Widest input (genes) that ``svd_solver="auto"`` decomposes exactly (Gram: 4096² float64 = 128 MiB).
+MAX_COVARIANCE_GENES = 4096
+
+#: Share of non-zeros above which a block's Gram matrix is computed dense (BLAS).
+DENSE_GRAM_DENSITY = 0.07
+
+
+def _columns(block, cols):
+    return (block if cols is None else block[:, cols]).astype(np.float64)
+
+
+def _optional(cols: np.ndarray | None) -> list:
+    return [] if cols is None else [cols]
+
+
+def gram_block(block, cols=None):
+    """``bᵀb`` and the column sums of one block (restricted to ``cols``), stacked, float64.
+
+    Sparse blocks denser than :data:`DENSE_GRAM_DENSITY` are densified for the product: BLAS
+    beats scipy's sparse x sparse product from about 5-10 % non-zeros (6,400 x 2,000 block,
+    measured: 0.9 s sparse vs 3 s dense at 2 %, 9.7 s vs 1.8 s at 20 %).
+    """
+    b = _columns(block, cols)
+    if is_sparse_block(b) and b.nnz > DENSE_GRAM_DENSITY * b.shape[0] * b.shape[1]:
+        b = b.toarray()
+    g = b.T @ b
+    g = g.toarray() if is_sparse_block(g) else np.asarray(g)
+    return np.vstack([g, np.sum(b, axis=0)[None, :]])
+
+
+def project_block(block, components, shift, cols=None, *, out_dtype):
+    """Coordinates of one block: ``b V - shift`` (``shift = μᵀV`` centres implicitly)."""
+    return (np.asarray(_columns(block, cols) @ components) - shift).astype(out_dtype)
+
+
+def flip_signs(components: np.ndarray) -> np.ndarray:
+    """Make the largest-magnitude entry of each column positive (scikit-learn's ``svd_flip``).
+
+    Examples
+    --------
+    >>> flip_signs(np.array([[0.2, -0.9], [-0.8, 0.1]]))
+    array([[-0.2,  0.9],
+           [ 0.8, -0.1]])
+    """
+    rows = np.argmax(np.abs(components), axis=0)
+    signs = np.sign(components[rows, np.arange(components.shape[1])])
+    signs[signs == 0] = 1.0
+    return components * signs
+
+
+def top_eigh(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenpairs of a symmetric matrix, eigenvalues descending."""
+    import scipy.linalg
+
+    n = matrix.shape[0]
+    values, vectors = scipy.linalg.eigh(matrix, subset_by_index=(n - k, n - 1))
+    return values[::-1], vectors[:, ::-1]
+
+
+def covariance_fit(
+    x: da.Array, cols: np.ndarray | None, n_comps: int, *, zero_center: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Exact fit in one pass: (components p x k, eigenvalues, column means, total variance)."""
+    n, p = x.shape[0], x.shape[1] if cols is None else len(cols)
+    (stacked,) = dask.compute(sum_blocks(x, gram_block, (p + 1, p), shared=_optional(cols)))
+    gram, sums = stacked[:p], stacked[p]
+    mean = sums / n
+    centred = gram - n * np.outer(mean, mean)
+    total = np.trace(centred) / max(n - 1, 1)
+    values, vectors = top_eigh((centred if zero_center else gram) / max(n - 1, 1), n_comps)
+    return flip_signs(vectors), values, mean if zero_center else np.zeros(p), float(total)
+
+
+def _orthonormal(z: np.ndarray) -> np.ndarray:
+    return np.linalg.qr(z)[0]
+
+
+def randomized_fit(
+    x: da.Array,
+    cols: np.ndarray | None,
+    n_comps: int,
+    *,
+    zero_center: bool,
+    n_iter: int,
+    n_oversamples: int,
+    random_state: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Randomized subspace iteration on the covariance, one pass per iteration.
+
+    The first pass also yields the column sums and sums of squares (for the centring and the
+    total variance) from the same task per block; its centring correction ``n μ(μᵀZ)`` is
+    applied once the means are known.
+    """
+    n, p = x.shape[0], x.shape[1] if cols is None else len(cols)
+    width = min(p, n_comps + n_oversamples)
+    rng = np.random.default_rng(random_state)
+    z = _orthonormal(rng.standard_normal((p, width)))
+    (first,) = dask.compute(
+        sum_blocks(x, _apply_normal, (p, width + 2), shared=[z, *_optional(cols)], moments=True)
+    )
+    applied, sums, sumsq = first[:, :width], first[:, width], first[:, width + 1]
+    mean = sums / n
+    total = (sumsq - n * mean**2).sum() / max(n - 1, 1)
+    if not zero_center:
+        mean = np.zeros(p)
+    applied -= n * np.outer(mean, mean @ z)
+    for _ in range(n_iter - 1):
+        z = _orthonormal(applied)
+        (applied,) = dask.compute(
+            sum_blocks(x, _apply_normal, (p, width), shared=[z, *_optional(cols)])
+        )
+        applied -= n * np.outer(mean, mean @ z)
+    ritz = z.T @ applied
+    ritz_values, ritz_vectors = np.linalg.eigh((ritz + ritz.T) / 2)
+    order = np.argsort(ritz_values)[::-1][:n_comps]
+    vectors = z @ ritz_vectors[:, order]
+    values = ritz_values[order] / max(n - 1, 1)
+    return flip_signs(vectors), values, mean, float(total)
+
+
+def _apply_normal(block, z, cols=None, *, moments: bool = False):
+    """``bᵀ(b z)``; with ``moments`` also the column sums and sums of squares (two more
+    columns), so the first pass needs one task per block."""
+    b = _columns(block, cols)
+    applied = np.asarray(b.T @ np.asarray(b @ z))
+    if not moments:
+        return applied
+    return np.column_stack([applied, np.sum(b, axis=0), np.sum(b * b, axis=0)])
+
+
+def _resolve_mask(adata: ad.AnnData, mask_var, use_highly_variable: bool | None):
+    auto = isinstance(mask_var, str) and mask_var == "auto"
+    if use_highly_variable is not None:
+        if not auto:
+            raise ValueError("Pass either mask_var or use_highly_variable, not both.")
+        mask_var, auto = ("highly_variable" if use_highly_variable else None), False
+    if auto:
+        mask_var = "highly_variable" if "highly_variable" in adata.var.columns else None
+    if mask_var is None:
+        return None, None
+    mask = np.asarray(adata.var[mask_var] if isinstance(mask_var, str) else mask_var, dtype=bool)
+    if mask.shape != (adata.n_vars,):
+        raise ValueError(
+            f"mask_var must have one entry per gene ({adata.n_vars}), got {mask.shape}."
+        )
+    return mask_var, mask
+
+
+def pca(
+    adata: ad.AnnData,
+    n_comps: int = 50,
+    *,
+    zero_center: bool = True,
+    svd_solver: Solver = "auto",
+    random_state: int = 0,
+    mask_var: np.ndarray | str | None = "auto",
+    use_highly_variable: bool | None = None,
+    layer: str | None = None,
+    n_iter: int = 8,
+    n_oversamples: int = 20,
+    dtype: str | np.dtype = "float32",
+    key_added: str | None = None,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Principal component analysis of a lazy matrix, with results where scanpy puts them.
+
+    Centring is implicit (``X V - 1 μᵀV``), so sparse blocks stay sparse. The exact
+    ``"covariance"`` solver forms the genes x genes covariance from one pass of Gram matrices;
+    the ``"randomized"`` solver (for wide inputs) runs a randomized subspace iteration on the
+    covariance, one pass per iteration. ``"auto"`` picks ``"covariance"`` up to
+    :data:`MAX_COVARIANCE_GENES` genes. Components are sign-fixed like scikit-learn's
+    ``svd_flip`` (largest loading positive), so they compare with scanpy's.
+
+    Passes over X: 2 with ``"covariance"`` (Gram + column sums, then the projection);
+    ``n_iter + 1`` with ``"randomized"``. Each pass is one ``dask.compute`` (the next pass
+    needs the previous result).
+
+    Parameters
+    ----------
+    adata
+        AnnData whose ``X`` (or ``layer``) is a Dask array of row blocks or in memory.
+    n_comps
+        Number of components.
+    zero_center
+        Centre the genes (implicitly). ``False`` gives scikit-learn's ``TruncatedSVD``
+        convention: variances of the coordinates and ratios to the uncentred total.
+    svd_solver
+        ``"auto"``, ``"covariance"`` (exact) or ``"randomized"``.
+    random_state
+        Seed of the randomized solver's start basis.
+    mask_var
+        Boolean mask or ``var`` column of the genes to use; ``"auto"`` uses
+        ``var['highly_variable']`` when present (scanpy's default), ``None`` all genes.
+    use_highly_variable
+        Deprecated scanpy spelling of ``mask_var="highly_variable"``.
+    layer
+        Use ``adata.layers[layer]`` instead of ``X``.
+    n_iter
+        Passes of the randomized solver's subspace iteration.
+    n_oversamples
+        Extra basis vectors of the randomized solver.
+    dtype
+        dtype of ``obsm['X_pca']`` (scanpy's default float32).
+    key_added
+        Store under this key in ``obsm``/``varm``/``uns`` instead of ``X_pca``/``PCs``/``pca``.
+    copy
+        Return a copy instead of changing ``adata``.
+
+    Returns
+    -------
+    The copy if ``copy``, else ``None``. Sets ``obsm['X_pca']`` (cells x n_comps, in memory),
+    ``varm['PCs']`` (genes x n_comps, zero outside the mask), and ``uns['pca']`` with
+    ``variance``, ``variance_ratio`` and ``params``.
+
+    Examples
+    --------
+    >>> import scdask
+    >>> adata = scdask.read_h5ad(scdask.datasets.sample_path())
+    >>> scdask.pp.normalize_total(adata, target_sum=1e4)
+    >>> scdask.pp.log1p(adata)
+    >>> scdask.pp.pca(adata, n_comps=20, mask_var=adata.var_names.str.startswith("RP"))
+    >>> adata.obsm["X_pca"].shape
+    (559, 20)
+    """
+    adata = adata.copy() if copy else adata
+    x = lazy_matrix(get_matrix(adata, layer=layer))
+    mask_param, mask = _resolve_mask(adata, mask_var, use_highly_variable)
+    cols = None if mask is None else np.flatnonzero(mask)
+    n_genes = x.shape[1] if cols is None else len(cols)
+    if not 0 < n_comps <= min(x.shape[0], n_genes):
+        raise ValueError(
+            f"n_comps must be between 1 and min(n_obs, n_genes) = {min(x.shape[0], n_genes)}, "
+            f"got {n_comps}."
+        )
+    if n_iter < 1:
+        raise ValueError(f"n_iter must be at least 1, got {n_iter}.")
+    if svd_solver == "auto":
+        svd_solver = "covariance" if n_genes <= MAX_COVARIANCE_GENES else "randomized"
+    if svd_solver == "covariance":
+        components, variance, mean, total = covariance_fit(
+            x, cols, n_comps, zero_center=zero_center
+        )
+    elif svd_solver == "randomized":
+        components, variance, mean, total = randomized_fit(
+            x,
+            cols,
+            n_comps,
+            zero_center=zero_center,
+            n_iter=n_iter,
+            n_oversamples=n_oversamples,
+            random_state=random_state,
+        )
+    else:
+        raise ValueError(
+            f"svd_solver must be 'auto', 'covariance' or 'randomized', got {svd_solver!r}."
+        )
+    shift = mean @ components if zero_center else np.zeros(n_comps)
+    coords = map_rows(
+        x,
+        project_block,
+        n_comps,
+        shared=[components, shift, *_optional(cols)],
+        dtype=np.dtype(dtype),
+        out_dtype=np.dtype(dtype),
+    )
+    (x_pca,) = dask.compute(coords)
+    if not zero_center:
+        variance = x_pca.astype(np.float64).var(axis=0)
+        total = total * (x.shape[0] - 1) / x.shape[0]
+    store(
+        adata,
+        x_pca,
+        components,
+        mask,
+        variance=variance,
+        variance_ratio=variance / total,
+        params={
+            "zero_center": zero_center,
+            "use_highly_variable": mask_param == "highly_variable",
+            "mask_var": mask_param,
+            "svd_solver": svd_solver,
+            **({"layer": layer} if layer is not None else {}),
+        },
+        key_added=key_added,
+    )
+    return adata if copy else None
+
+
+def store(
+    adata: ad.AnnData,
+    x_pca: np.ndarray,
+    components: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    variance: np.ndarray,
+    variance_ratio: np.ndarray,
+    params: dict,
+    key_added: str | None,
+) -> None:
+    """Write PCA results where scanpy does (``obsm``, ``varm`` zero outside the mask, ``uns``)."""
+    key_obsm, key_varm, key_uns = ("X_pca", "PCs", "pca") if key_added is None else (key_added,) * 3
+    adata.obsm[key_obsm] = x_pca
+    if mask is None:
+        adata.varm[key_varm] = components
+    else:
+        loadings = np.zeros((adata.n_vars, components.shape[1]))
+        loadings[mask] = components
+        adata.varm[key_varm] = loadings
+    adata.uns[key_uns] = {
+        "params": params,
+        "variance": np.asarray(variance),
+        "variance_ratio": np.asarray(variance_ratio),
+    }
