@@ -6,7 +6,7 @@ import dask
 import numpy as np
 from anndata import AnnData
 
-from scdask.preprocessing._qc import csr, gene_partials, lazy_matrix, row_partials, sum_dtype
+from scdask.preprocessing._blocks import csr, gene_partials, lazy_matrix, row_partials, sum_dtype
 
 __all__ = ["filter_cells", "filter_genes"]
 

@@ -11,8 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.stats import norm
 
-from scdask.preprocessing._normalize import _totals_kernel
-from scdask.preprocessing._qc import (
+from scdask.preprocessing._blocks import (
     csr,
     gene_partials,
     get_matrix,
@@ -20,6 +19,7 @@ from scdask.preprocessing._qc import (
     row_of_values,
     row_partials,
 )
+from scdask.preprocessing._normalize import _totals_kernel
 
 __all__ = ["highly_variable_genes"]
 

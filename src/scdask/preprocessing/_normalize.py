@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from scdask.preprocessing._qc import (
+from scdask.preprocessing._blocks import (
     csr,
     gene_partials,
     get_matrix,

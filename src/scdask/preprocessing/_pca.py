@@ -24,8 +24,7 @@ import dask
 import numpy as np
 
 from scdask._ops import is_sparse_block
-from scdask.preprocessing._qc import get_matrix, lazy_matrix
-from scdask.preprocessing._scale import map_rows, sum_blocks
+from scdask.preprocessing._blocks import get_matrix, lazy_matrix, map_rows, sum_blocks
 
 if TYPE_CHECKING:
     import anndata as ad

@@ -1,25 +1,27 @@
-"""Quality-control metrics in one pass over the matrix, and the block-statistics machinery.
+"""Quality-control metrics in one pass over the matrix.
 
-Every statistic that ``scdask.pp`` needs from ``X`` is a per-block partial result: rows
-(cells) are whole inside a row block, so per-cell numbers are computed block by block and
-concatenated, and per-gene numbers are partial sums that dask adds up in a tree. The
-helpers :func:`lazy_matrix`, :func:`row_partials` and :func:`gene_partials` build those
-graphs; each public function then runs a single ``dask.compute`` over all of them.
+The per-block machinery lives in :mod:`scdask.preprocessing._blocks`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from functools import partial
+from collections.abc import Collection
 
 import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from scdask._ops import as_block
+from scdask.preprocessing._blocks import (
+    csr,
+    gene_partials,
+    get_matrix,
+    lazy_matrix,
+    row_of_values,
+    row_partials,
+    sum_dtype,
+)
 
 __all__ = ["annotate_gene_groups", "calculate_qc_metrics"]
 
@@ -29,153 +31,6 @@ GENE_GROUPS: dict[str, str] = {
     "ribo": r"^(?:RP[SL]|Rp[sl])",
     "hb": r"^(?:HB[^P]|Hb[^p])",
 }
-
-
-# -- the matrix and its block statistics (shared by every module of scdask.pp) ------------
-def get_matrix(adata: AnnData, *, layer: str | None = None):
-    """The matrix a function works on: ``X`` or ``adata.layers[layer]``."""
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        raise KeyError(f"Layer {layer!r} not found in adata.layers ({list(adata.layers)}).")
-    return adata.layers[layer]
-
-
-def lazy_matrix(x) -> da.Array:
-    """``x`` as a Dask array of row blocks that span all columns (in-memory: one block).
-
-    Sparse in-memory matrices become one :class:`scdask._ops.CSRBlock`; a Dask array
-    chunked along the genes is rechunked to whole rows.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> lazy_matrix(np.ones((4, 3))).chunks
-    ((4,), (3,))
-    """
-    if isinstance(x, da.Array):
-        return x if x.numblocks[1] == 1 else x.rechunk({1: -1})
-    if sp.issparse(x):
-        x = as_block(x.tocsr() if x.format != "csr" else x)
-    else:
-        x = np.asarray(x)
-    return da.from_array(x, chunks=x.shape, asarray=False, name=False)
-
-
-def csr(block) -> sp.csr_array:
-    """A block as a plain scipy CSR array without explicit zeros (dense blocks converted)."""
-    out = sp.csr_array(block.to_scipy() if hasattr(block, "to_scipy") else block)
-    if out.nnz and not np.all(out.data):
-        out = out.copy()
-        out.eliminate_zeros()
-    return out
-
-
-def row_of_values(m: sp.csr_array) -> np.ndarray:
-    """The row of every stored value of a CSR matrix."""
-    return np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-
-
-def sum_dtype(dtype) -> np.dtype:
-    """The dtype numpy gives a sum over ``dtype`` (float32 stays float32, ints widen)."""
-    return np.zeros(1, dtype=dtype).sum().dtype
-
-
-def _gene_args(x: da.Array, arrays: Sequence[np.ndarray]) -> list:
-    """Per-gene side inputs as one-block dask arrays, so every task shares one copy."""
-    args: list = []
-    for a in arrays:
-        a = np.asarray(a)
-        index = "uvwxyz"[: a.ndim - 1] + "j"
-        args += [da.from_array(a, chunks=a.shape, name=False), index]
-    return args
-
-
-def _row_args(x: da.Array, arrays: Sequence) -> list:
-    args: list = []
-    for a in arrays:
-        if not isinstance(a, da.Array):
-            a = da.from_array(np.asarray(a), chunks=(x.chunks[0],), name=False)
-        args += [a.rechunk((x.chunks[0],)), "i"]
-    return args
-
-
-def row_partials(
-    x: da.Array,
-    kernel: Callable[..., np.ndarray],
-    n_out: int,
-    *,
-    rows: Sequence = (),
-    genes: Sequence[np.ndarray] = (),
-    dtype=np.float64,
-    **kwargs,
-) -> da.Array:
-    """``kernel(block, *rows, *genes, **kwargs)`` per row block -> lazy ``(n_cells, n_out)``.
-
-    ``rows`` are per-cell arrays (sliced like the blocks), ``genes`` per-gene arrays
-    (shared whole by every block). ``x`` must span all columns in one block.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> x = lazy_matrix(np.arange(6.0).reshape(3, 2))
-    >>> row_partials(x, lambda b, w: b @ w[:, None], 1, genes=[np.ones(2)]).compute().ravel()
-    array([1., 5., 9.])
-    """
-    return da.blockwise(
-        kernel,
-        "ik",
-        x,
-        "ij",
-        *_row_args(x, rows),
-        *_gene_args(x, genes),
-        new_axes={"k": n_out},
-        dtype=dtype,
-        meta=np.empty((0, 0), dtype=dtype),
-        concatenate=True,
-        **kwargs,
-    )
-
-
-def _leading_axis(kernel, *args, **kwargs) -> np.ndarray:
-    return kernel(*args, **kwargs)[np.newaxis]
-
-
-def gene_partials(
-    x: da.Array,
-    kernel: Callable[..., np.ndarray],
-    n_out: int,
-    *,
-    rows: Sequence = (),
-    genes: Sequence[np.ndarray] = (),
-    **kwargs,
-) -> da.Array:
-    """Sum over blocks of ``kernel(block, *rows, *genes, **kwargs)`` (each ``(n_out, n_genes)``).
-
-    Lazy ``(n_out, n_genes)`` float64; dask adds the block partials in a tree.
-
-    Examples
-    --------
-    >>> import dask.array as da, numpy as np
-    >>> x = da.from_array(np.arange(6.0).reshape(3, 2), chunks=(1, 2))
-    >>> gene_partials(x, lambda b: b.sum(axis=0, keepdims=True), 1).compute()
-    array([[6., 9.]])
-    """
-    per_block = da.blockwise(
-        partial(_leading_axis, kernel),
-        "ikj",
-        x,
-        "ij",
-        *_row_args(x, rows),
-        *_gene_args(x, genes),
-        new_axes={"k": n_out},
-        adjust_chunks={"i": 1},
-        dtype=np.float64,
-        meta=np.empty((0, 0, 0)),
-        concatenate=True,
-        **kwargs,
-    )
-    return per_block.sum(axis=0)
 
 
 # -- QC kernels ----------------------------------------------------------------------------

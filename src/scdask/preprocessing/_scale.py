@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import dask
@@ -10,118 +9,12 @@ import dask.array as da
 import numpy as np
 
 from scdask._ops import as_block
-from scdask.preprocessing._qc import get_matrix, lazy_matrix
+from scdask.preprocessing._blocks import get_matrix, lazy_matrix, sum_blocks
 
 if TYPE_CHECKING:
     import anndata as ad
 
 __all__ = ["scale"]
-
-#: Partial results added per reduction task (bounds the memory of the tree of partial sums).
-SPLIT_EVERY = 4
-
-
-def _block_args(x: da.Array, rows: Sequence, shared: Sequence) -> list:
-    """Blockwise (array, index) pairs: per-cell ``rows`` sliced like ``x``, ``shared`` whole.
-
-    Each shared array becomes one task that every block depends on, so it is stored once in
-    the graph (and once per worker), not once per task.
-    """
-    args: list = []
-    for a in rows:
-        a = a if isinstance(a, da.Array) else da.from_array(np.asarray(a), chunks=(x.chunks[0],))
-        args += [a.rechunk((x.chunks[0],)), ("i",)]
-    for n, a in enumerate(shared):
-        a = np.asarray(a)
-        args += [da.from_array(a, chunks=a.shape), tuple(f"s{n}_{d}" for d in range(a.ndim))]
-    return args
-
-
-def _whole(arg):
-    """The one block of an argument whose other axes are single chunks (blockwise passes
-    those, unconcatenated, as nested one-element lists; concatenating would copy them)."""
-    while isinstance(arg, list):
-        (arg,) = arg
-    return arg
-
-
-def sum_blocks(
-    x: da.Array,
-    func: Callable[..., np.ndarray],
-    shape: tuple[int, ...],
-    *,
-    rows: Sequence = (),
-    shared: Sequence = (),
-    **kwargs,
-) -> da.Array:
-    """Lazy sum over the row blocks of ``x`` of ``func(block, *rows, *shared, **kwargs)``.
-
-    Each call returns a float64 array of ``shape``; ``rows`` are per-cell arrays (sliced like
-    the blocks), ``shared`` arrays of any shape given whole to every block. Partial results
-    are added in a tree of :data:`SPLIT_EVERY` at a time, so only ``shape``-sized arrays
-    travel between workers and a worker holds a few of them, whatever the number of blocks.
-
-    Examples
-    --------
-    >>> import numpy as np, dask.array as da
-    >>> x = da.ones((10, 3), chunks=(4, 3))
-    >>> sum_blocks(x, lambda b, w: w @ b, (3,), rows=[np.arange(10.0)]).compute()
-    array([45., 45., 45.])
-    """
-
-    def per_block(*a, **kw):
-        out = func(*(_whole(v) for v in a), **kw)
-        return np.asarray(out, dtype=np.float64).reshape((1, *shape))
-
-    out_index = ("i", *(f"o{d}" for d in range(len(shape))))
-    parts = da.blockwise(
-        per_block,
-        out_index,
-        x,
-        ("i", "j"),
-        *_block_args(x, rows, shared),
-        new_axes={f"o{d}": s for d, s in enumerate(shape)},
-        adjust_chunks={"i": 1},
-        concatenate=False,
-        dtype=np.float64,
-        meta=np.empty((0,) * len(out_index), dtype=np.float64),
-        **kwargs,
-    )
-    # small groups: a worker holds a few partials at a time, however many blocks there are
-    return parts.sum(axis=0, split_every=SPLIT_EVERY)
-
-
-def map_rows(
-    x: da.Array,
-    func: Callable[..., np.ndarray],
-    n_out: int,
-    *,
-    rows: Sequence = (),
-    shared: Sequence = (),
-    dtype=np.float64,
-    **kwargs,
-) -> da.Array:
-    """Lazy ``(n_cells, n_out)`` array of ``func(block, *rows, *shared, **kwargs)`` per block.
-
-    Examples
-    --------
-    >>> import numpy as np, dask.array as da
-    >>> x = da.ones((4, 3), chunks=(2, 3))
-    >>> map_rows(x, lambda b, v: b @ v, 1, shared=[np.ones((3, 1))]).compute().ravel()
-    array([3., 3., 3., 3.])
-    """
-    return da.blockwise(
-        lambda *a, **kw: func(*(_whole(v) for v in a), **kw),
-        ("i", "k"),
-        x,
-        ("i", "j"),
-        *_block_args(x, rows, shared),
-        new_axes={"k": n_out},
-        concatenate=False,
-        dtype=dtype,
-        meta=np.empty((0, 0), dtype=dtype),
-        **kwargs,
-    )
 
 
 def _moments_block(block, cols=None):
