@@ -112,3 +112,27 @@ def test_slurm_function_end_to_end(slurm_ready, tmp_path):
     while job_id in _running_job_ids() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert job_id not in _running_job_ids()  # closing the cluster cancels its job
+
+
+def test_activity_on_the_real_sample_through_slurm_equals_local(slurm_client, sample_path):
+    """The issue's acceptance check: SecAct inference on the real sample, via SLURM workers."""
+    from distributed import Client, LocalCluster
+
+    import scdask
+
+    counts = scdask.read_h5ad(sample_path, chunk_size=150)
+    kwargs = {"level": "cell", "signature": "cytosig", "n_rand": 50}
+    # the local run: the default engine, worker processes as on the SLURM jobs
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as local_client,
+        dask.config.set(scheduler=local_client.get),
+    ):
+        local = scdask.activity.infer(counts, **kwargs)
+        want = dask.compute(*(local.layers[k] for k in ("beta", "se", "zscore", "pvalue")))
+    with dask.config.set(scheduler=slurm_client.get):
+        remote = scdask.activity.infer(counts, **kwargs)
+        got = dask.compute(*(remote.layers[k] for k in ("beta", "se", "zscore", "pvalue")))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    assert np.asarray(got[2]).shape == (559, 43)

@@ -1,0 +1,88 @@
+"""The ``scdask`` command: help, exit codes, the main job end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+import yaml
+
+from scdask.cli import main
+
+COMMANDS = ["demo", "run", "preprocess", "activity", "info", "convert", "synthetic", "cluster"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out
+    assert f"scdask {command}" in out
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.h5ad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scdask: error: No such file")
+    assert "\n" not in err and "Traceback" not in err
+
+    text = tmp_path / "notes.h5ad"
+    text.write_text("not a matrix")
+    assert main(["info", str(text)]) == 2
+    assert "not an HDF5 file" in capsys.readouterr().err
+
+
+def test_bad_config_key_is_named(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"activity": {"n_rnd": 10}}))
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "n_rnd" in err and "activity." in err
+
+
+def test_usage_error_exits_2():
+    proc = subprocess.run(
+        [sys.executable, "-m", "scdask.cli", "activity"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr
+
+
+def test_info_prints_the_layout(sample_path, capsys):
+    assert main(["info", str(sample_path)]) == 0
+    out = capsys.readouterr().out
+    assert "559" in out and "32786" in out.replace(",", "")
+    assert "csr" in out.lower()
+
+
+@pytest.mark.slow
+def test_run_writes_results_and_figures(tmp_path, capsys):
+    cfg = {
+        "output": str(tmp_path / "out"),
+        "launcher": {"kind": "none"},
+        "preprocess": {"n_top_genes": 500, "n_comps": 20, "umap": True},
+        "activity": {"levels": ["pseudobulk", "cell"], "n_rand": 20, "signature": "cytosig"},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 0
+    out = tmp_path / "out"
+    pb = ad.read_h5ad(out / "activity_pseudobulk.h5ad")
+    assert pb.n_obs == 5 and pb.n_vars == 43
+    cells = ad.read_h5ad(out / "activity_cell.h5ad")
+    processed = ad.read_h5ad(out / "cells.h5ad")
+    assert cells.n_obs == processed.n_obs
+    assert list(cells.obs_names) == list(processed.obs_names)
+    assert {"beta", "se", "zscore", "pvalue"} <= set(cells.layers)
+    p = cells.layers["pvalue"]
+    assert np.all((p >= 1 / 21 - 1e-12) & (p <= 1))
+    assert processed.obsm["X_pca"].shape == (processed.n_obs, 20)
+    assert "X_umap" in processed.obsm and "leiden" in processed.obs
+    for name in ["qc", "hvg", "pca", "umap", "activity_heatmap", "volcano", "umap_activity"]:
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
