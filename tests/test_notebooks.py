@@ -41,4 +41,4 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
             if c.cell_type == "code"
             for o in c.get("outputs", [])
         )
-        assert "identical to the local run: True" in text
+        assert "same as the local run: True" in text
