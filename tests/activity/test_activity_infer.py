@@ -60,6 +60,15 @@ def test_pseudobulk_secact_grouped(sample, secact_df, assert_frames_match):
     assert_frames_match(to_frames(res), ref)
 
 
+def test_pseudobulk_from_many_row_blocks_matches_secactpy(sample, assert_frames_match):
+    """The per-type sums of a lazy X with many row blocks (as read_h5ad gives for an atlas)."""
+    ref = _sc_ref(sample, sig_matrix="cytosig", n_rand=50, rng_method="srand")
+    lazy = _lazy(sample, 100)
+    assert lazy.X.numblocks[0] == 6
+    res = infer(lazy, level="pseudobulk", cell_type_col="cell_type", signature="cytosig", n_rand=50)
+    assert_frames_match(to_frames(res), ref)
+
+
 def test_pseudobulk_cytosig_n1000_and_t_test(sample, assert_frames_match):
     for n_rand in (1000, 0):
         ref = _sc_ref(sample, sig_matrix="cytosig", n_rand=n_rand)

@@ -269,7 +269,8 @@ def _group_sums(block, codes: np.ndarray, n_groups: int) -> np.ndarray:
     onehot = sp.csr_array(
         (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes))
     )
-    return _as_dense(onehot @ x).astype(np.float64).reshape(1, n_groups, -1)
+    # flat (1, groups x genes): map_blocks keeps a 2-D partial aligned with the row blocks
+    return _as_dense(onehot @ x).astype(np.float64).reshape(1, -1)
 
 
 def _reduce_blocks(func, x: da.Array, width, *args):
@@ -518,8 +519,8 @@ def _pseudobulk(x: da.Array, kept, kept_names, labels: pd.Series) -> pd.DataFram
     codes = pd.Index(types).get_indexer(labels)
     codes_da = da.from_array(codes, chunks=(x.chunks[0],))
     sums = _reduce_blocks(
-        _group_sums, x, ((len(types),), (x.shape[1],)), codes_da[:, None], len(types)
-    )
+        _group_sums, x, ((len(types) * x.shape[1],),), codes_da[:, None], len(types)
+    ).reshape(len(types), x.shape[1])
     head = x[: min(100, x.shape[0])][:, kept[:1000]]
     sums, head = dask.compute(sums, head)
     sums = np.asarray(sums)[:, kept]
