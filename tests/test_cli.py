@@ -66,7 +66,12 @@ def test_run_writes_results_and_figures(tmp_path, capsys):
         "output": str(tmp_path / "out"),
         "launcher": {"kind": "none"},
         "preprocess": {"n_top_genes": 500, "n_comps": 20, "umap": True},
-        "activity": {"levels": ["pseudobulk", "cell"], "n_rand": 20, "signature": "cytosig"},
+        "activity": {
+            "levels": ["pseudobulk", "cell"],
+            "n_rand": 20,
+            "signature": "cytosig",
+            "layers": ["zscore", "pvalue"],
+        },
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -78,7 +83,8 @@ def test_run_writes_results_and_figures(tmp_path, capsys):
     processed = ad.read_h5ad(out / "cells.h5ad")
     assert cells.n_obs == processed.n_obs
     assert list(cells.obs_names) == list(processed.obs_names)
-    assert {"beta", "se", "zscore", "pvalue"} <= set(cells.layers)
+    assert set(cells.layers) == {"zscore", "pvalue"}
+    assert {"beta", "se", "zscore", "pvalue"} <= set(pb.layers)
     p = cells.layers["pvalue"]
     assert np.all((p >= 1 / 21 - 1e-12) & (p <= 1))
     assert processed.obsm["X_pca"].shape == (processed.n_obs, 20)

@@ -44,6 +44,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "seed": 0,
         "rng": "srand",
         "dtype": "float64",
+        # layers written for per-cell/per-spot results (pseudobulk/bulk keep all four)
         "layers": ["beta", "se", "zscore", "pvalue"],
     },
     "plots": True,
@@ -233,7 +234,8 @@ def run_pipeline(
         res = timed(
             f"activity ({level})", lambda level=level: activity.infer(kept, level=level, **common)
         )
-        res = _keep_layers(res, a["layers"])
+        if level in ("cell", "spot"):  # per-cell results can be large; group results are small
+            res = _keep_layers(res, a["layers"])
         path = out / f"activity_{level}.h5ad"
         timed(f"write {path.name}", lambda res=res, path=path: scdask.write_h5ad(res, path))
         written[f"activity_{level}"] = path
