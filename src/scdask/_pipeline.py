@@ -239,7 +239,8 @@ def run_pipeline(
         path = out / f"activity_{level}.h5ad"
         timed(f"write {path.name}", lambda res=res, path=path: scdask.write_h5ad(res, path))
         written[f"activity_{level}"] = path
-        results[level] = res
+        # figures read the written result: a lazy one would run the inference again
+        results[level] = scdask.read_h5ad(path) if level in ("cell", "spot") else res
 
     cells = ad.AnnData(obs=adata.obs, var=adata.var, obsm=dict(adata.obsm), uns=dict(adata.uns))
     cells_path = out / "cells.h5ad"
