@@ -72,7 +72,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("demo", "the main job on the bundled real sample, on a local cluster")
     p.add_argument("--out", default="scdask-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--n-rand", type=int, default=1000, help="permutations (default: %(default)s)")
+    p.add_argument(
+        "--n-rand",
+        type=int,
+        default=100,
+        help="permutations (default: %(default)s, for a quick demo; secactpy's default is 1000)",
+    )
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
 
@@ -165,6 +170,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     cfg = load_config(
         output=args.out,
+        chunk_size=100,  # the 559-cell sample in 6 blocks, so every worker has cells to do
         launcher={"kind": "local", "options": {"n_workers": args.workers, "threads_per_worker": 1}},
         activity={"n_rand": args.n_rand},
         plots=not args.no_plots,
