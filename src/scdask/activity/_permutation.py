@@ -25,8 +25,9 @@ import os
 import tempfile
 from pathlib import Path
 
-import dask.config
 import numpy as np
+
+from scdask._config import cache_dir
 
 __all__ = ["RNG_METHODS", "permutation_table"]
 
@@ -196,7 +197,7 @@ def _build_table(n: int, n_rand: int, seed: int, rng: str) -> np.ndarray:
 
 # -- cache -----------------------------------------------------------------------------------
 def _cache_path(n: int, n_rand: int, seed: int, rng: str) -> Path:
-    root = Path(os.path.expanduser(dask.config.get("scdask.cache-dir", "~/.cache/scdask")))
+    root = cache_dir()
     return root / "permutations" / f"perm_{rng}_n{n}_r{n_rand}_s{seed}.npy"
 
 

@@ -8,11 +8,12 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-import dask.config
 import numpy as np
 import pandas as pd
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
+
+from scdask._config import cache_dir
 
 __all__ = ["BUNDLED_SIGNATURES", "expand_rows", "group_signatures", "load_signature"]
 
@@ -38,7 +39,7 @@ def _read_tsv(path: Path) -> pd.DataFrame:
 
 def _binary_cache_path(path: Path) -> Path:
     stat = path.stat()
-    root = Path(os.path.expanduser(dask.config.get("scdask.cache-dir", "~/.cache/scdask")))
+    root = cache_dir()
     return root / "signatures" / f"{path.name}-{stat.st_size}-{stat.st_mtime_ns}.npz"
 
 
