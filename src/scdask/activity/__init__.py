@@ -13,6 +13,7 @@ from scdask.activity._permutation import RNG_METHODS, permutation_table
 from scdask.activity._results import STATS, to_frames
 from scdask.activity._ridge import (
     Model,
+    SparseTargets,
     build_model,
     map_ridge,
     projection_matrix,
@@ -32,6 +33,7 @@ __all__ = [
     "RNG_METHODS",
     "STATS",
     "Model",
+    "SparseTargets",
     "build_model",
     "expand_rows",
     "group_signatures",

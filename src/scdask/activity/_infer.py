@@ -23,6 +23,8 @@ import scipy.sparse as sp
 from scdask._ops import CSRBlock
 from scdask.activity._results import make_result
 from scdask.activity._ridge import (
+    _SUB,
+    SparseTargets,
     _as_dense,
     _check_dtype,
     _check_rng,
@@ -39,6 +41,9 @@ LEVELS = ("cell", "pseudobulk", "spot", "bulk")
 GENE_ORDERS = ("expression", "signature", "sorted")
 _SYMBOL_COLUMNS = ("gene_name", "feature_name", "gene_symbol", "symbol")
 _BLOCK_ROWS = 5000  # rows per block when an in-memory matrix is wrapped as a dask array
+#: Most cells per ridge task: at n_rand=1000 a cell costs ~0.1 s of permutations, so read
+#: blocks are split for load balance and progress.
+_TASK_ROWS = 512
 
 
 # -- signature -------------------------------------------------------------------------------
@@ -189,6 +194,29 @@ def _row_blocks(matrix) -> da.Array:
     return da.from_array(np.asarray(matrix), chunks=rows)
 
 
+def _parallelism() -> int:
+    """Threads that run tasks: the connected cluster's, else this machine's cores."""
+    try:
+        from distributed import default_client
+
+        return sum(default_client().nthreads().values())
+    except ValueError:
+        return len(os.sched_getaffinity(0))
+
+
+def _task_blocks(x: da.Array) -> da.Array:
+    """Split row blocks (never merge) into tasks of at most :data:`_TASK_ROWS` cells, and
+    small enough that every thread gets about two tasks (but not below the kernel's
+    accumulator block)."""
+    target = -(-x.shape[0] // (2 * _parallelism()))
+    target = min(_TASK_ROWS, max(_SUB, target))
+    pieces = []
+    for size in x.chunks[0]:
+        k = -(-size // target)
+        pieces += [size // k + (i < size % k) for i in range(k)] if size else [0]
+    return x.rechunk({0: tuple(pieces)})
+
+
 def _plain(block):
     """A block as plain scipy CSR or numpy (our kernels use scipy/numpy directly)."""
     if sp.issparse(block):
@@ -235,21 +263,30 @@ class _LogNormaliser:
 
 @dataclass(frozen=True)
 class _CellTargets:
-    """Regression targets of a row slice: log values, minus gene means, z-scored per row."""
+    """Regression targets of a row slice: log values, minus gene means, z-scored per row.
+
+    Returned as :class:`SparseTargets`: the row mean and sd of ``z - r`` come from sums over
+    the stored values and ``r`` (no densified row), rows without counts or with zero sd get
+    all-zero targets.
+    """
 
     norm: _LogNormaliser
     centre: np.ndarray
 
-    def __call__(self, part) -> np.ndarray:
+    def __call__(self, part) -> SparseTargets:
         sub, lib = self.norm.sparse_log(part)
-        y = sub.toarray()
-        y -= self.centre
+        n = sub.shape[1]
+        r = self.centre
+        rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
+        # Σ_j (z_j - r_j)² = Σ_stored (z² - 2 z r) + Σ r²
+        stored = sub.data * (sub.data - 2.0 * r[sub.indices])
+        squares = np.bincount(rows, weights=stored, minlength=sub.shape[0]) + r @ r
+        total = np.bincount(rows, weights=sub.data, minlength=sub.shape[0]) - r.sum()
+        mean = total / n
         with np.errstate(divide="ignore", invalid="ignore"):
-            y -= y.mean(axis=1, keepdims=True)
-            y /= y.std(axis=1, ddof=1, keepdims=True)
-        y[~np.isfinite(y)] = 0.0
-        y[lib == 0] = 0.0
-        return y
+            sd = np.sqrt(np.maximum(squares - n * mean**2, 0.0) / (n - 1))
+            scale = np.where((lib > 0) & (sd > 0) & np.isfinite(sd), 1.0 / sd, 0.0)
+        return SparseTargets(sub, scale, mean * scale, r)
 
 
 def _cell_stats(block, norm: _LogNormaliser) -> np.ndarray:
@@ -506,7 +543,13 @@ def infer(
     model = dask.delayed(build_model, pure=True)(xs.to_numpy(), lambda_, t_test=n_rand == 0)
     tables = dask.delayed(_tables, pure=True)(len(common), n_rand, seed, rng) if n_rand else None
     stacked = map_ridge(
-        x, model, tables, xs.shape[1], dtype=dtype, chunk_rows=chunk_rows, transform=targets
+        _task_blocks(x),
+        model,
+        tables,
+        xs.shape[1],
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        transform=targets,
     )
     params = {**params, "n_genes": len(common), "n_empty": n_empty}
     return make_result(stacked, adata.obs, list(sig.columns), grouped=grouped, params=params)
