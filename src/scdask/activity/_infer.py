@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from scdask._ops import CSRBlock
 from scdask.activity._results import make_result
 from scdask.activity._ridge import (
-    _SUB,
+    _MIN_SPARSE_ROWS,
     SparseTargets,
     _as_dense,
     _check_dtype,
@@ -205,11 +205,10 @@ def _parallelism() -> int:
 
 
 def _task_blocks(x: da.Array) -> da.Array:
-    """Split row blocks (never merge) into tasks of at most :data:`_TASK_ROWS` cells, and
-    small enough that every thread gets about two tasks (but not below the kernel's
-    accumulator block)."""
-    target = -(-x.shape[0] // (2 * _parallelism()))
-    target = min(_TASK_ROWS, max(_SUB, target))
+    """Split row blocks (never merge) into tasks of at most :data:`_TASK_ROWS` cells and at
+    most one task's worth per thread, but not below the kernel's :data:`_MIN_SPARSE_ROWS`."""
+    target = -(-x.shape[0] // _parallelism())
+    target = min(_TASK_ROWS, max(_MIN_SPARSE_ROWS, target))
     pieces = []
     for size in x.chunks[0]:
         k = -(-size // target)

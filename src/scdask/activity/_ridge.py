@@ -366,8 +366,10 @@ def _sparse_permutation_stats(
     m, n = z.shape
     p = tt.shape[1]
     colptr, rows, vals = _blocked_csc(z)
-    vals = vals.astype(dtype)
-    tiles = _tiles(tt, dtype)
+    # The observed β always runs in float64: in float32 mode its rounding would go straight
+    # into the z-score (Δz ≈ Δβ/se), while the permutations' rounding averages out.
+    exact = (vals.astype(np.float64), _tiles(tt, np.float64))
+    work = exact if dtype == np.float64 else (vals.astype(dtype), _tiles(tt, dtype))
     colsum = tt.sum(axis=0)
     identity = np.arange(n, dtype=np.int32)
     if targets.centre is None:
@@ -379,13 +381,18 @@ def _sparse_permutation_stats(
     s1 = np.zeros((m, p))
     s2 = np.zeros((m, p))
     count = np.zeros((m, p), dtype=np.int64)
-    n_tiles = tiles.shape[0]
+    n_tiles = exact[1].shape[0]
     threads = max(1, min(threads, n_tiles))
     bounds = np.linspace(0, n_tiles, threads + 1).astype(int)
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         for k in range(n_rand + 1):
-            args = (colptr, rows, vals, tiles, identity if k == 0 else forward[k - 1])
+            args = (
+                colptr,
+                rows,
+                *(exact if k == 0 else work),
+                identity if k == 0 else forward[k - 1],
+            )
             rest = (targets.scale, targets.offset, shifts[k], colsum, beta, s1, s2, count, k == 0)
             if pool is None:
                 _scatter_tiles(*args, 0, n_tiles, *rest)
