@@ -9,7 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 from scdask._ops import CSRBlock
-from scdask.activity import build_model, projection_matrix, ridge
+from scdask.activity import SparseTargets, build_model, projection_matrix, ridge, ridge_block
+from scdask.activity._ridge import _MIN_SPARSE_ROWS, _TILE, _tables
 
 secactpy = pytest.importorskip("secactpy")
 
@@ -87,6 +88,49 @@ def test_sparse_blocks_are_densified_per_chunk(problem):
     lazy = ridge(blocks, x, n_rand=30, chunk_rows=3)
     for name in STATS:
         np.testing.assert_allclose(lazy[name].compute(), expected[name], rtol=1e-12, atol=1e-15)
+
+
+@pytest.fixture(scope="module")
+def sparse_problem():
+    """Sparse samples (16% non-zero) enough for the sparse kernel, over two protein tiles
+    (the second one partial)."""
+    rng = np.random.default_rng(11)
+    n, p, m = 300, _TILE + 6, 3 * _MIN_SPARSE_ROWS
+    x = rng.standard_normal((n, p))
+    y = sp.random_array((m, n), density=0.16, rng=rng, data_sampler=rng.random, format="csr")
+    return x, y
+
+
+def test_sparse_kernel_matches_secactpy(sparse_problem):
+    x, y = sparse_problem
+    ref = _reference(x, y.toarray().T, n_rand=80, seed=5)
+    _check(ridge(y, x, n_rand=80, seed=5), ref)  # in memory: tiles split over threads
+    blocks = da.from_array(CSRBlock(y), chunks=(_MIN_SPARSE_ROWS + 10, x.shape[0]), asarray=False)
+    _check(dask.compute(ridge(blocks, x, n_rand=80, seed=5))[0], ref)
+
+
+def test_sparse_targets_corrections_equal_dense_targets(sparse_problem):
+    """a·(z - r) - b per row through the kernel's output corrections = the dense targets."""
+    x, z = sparse_problem
+    rng = np.random.default_rng(2)
+    m, n = z.shape
+    targets = SparseTargets(z, rng.random(m) + 0.5, rng.standard_normal(m), rng.random(n))
+    targets.scale[3] = 0.0  # an empty cell: all-zero targets
+    targets.offset[3] = 0.0
+    model = build_model(x)
+    tables = _tables(n, 40, 0, "srand")
+    got = ridge_block(z, model, tables, transform=lambda part: targets)
+    expected = ridge_block(targets.dense(), model, tables)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    assert (got[3, 0] == 0).all() and (got[3, 3] == 1).all()
+
+
+def test_sparse_kernel_float32(sparse_problem):
+    x, y = sparse_problem
+    z64 = ridge(y, x, n_rand=100)["zscore"]
+    z32 = ridge(y, x, n_rand=100, dtype=np.float32)["zscore"]
+    np.testing.assert_allclose(z32, z64, rtol=0, atol=1e-4)
+    assert not np.array_equal(z32, z64)
 
 
 def test_float32(problem):
