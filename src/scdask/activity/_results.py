@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import anndata as ad
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
+
+from scdask._compute import compute
 
 __all__ = ["STATS", "make_result", "to_frames"]
 
@@ -76,7 +77,7 @@ def to_frames(result: ad.AnnData) -> dict[str, pd.DataFrame]:
     """
     layers = [result.layers[name] for name in STATS]
     if any(isinstance(layer, da.Array) for layer in layers):
-        layers = dask.compute(*layers)
+        layers = compute(*layers)
     return {
         name: pd.DataFrame(
             np.asarray(layer, dtype=np.float64).T,

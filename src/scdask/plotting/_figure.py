@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scdask._compute import compute
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -70,7 +72,7 @@ def to_numpy(x) -> np.ndarray:
     if isinstance(x, pd.Series | pd.DataFrame):
         return x.to_numpy()
     if dask.is_dask_collection(x):
-        (x,) = dask.compute(x)
+        (x,) = compute(x)
     if type(x).__module__.split(".")[0] in ("cupy", "cupyx"):
         x = x.get()
     if sp.issparse(x):

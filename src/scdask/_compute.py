@@ -1,0 +1,59 @@
+"""``dask.compute`` that joins array blocks on the caller's side, not on a worker.
+
+On a distributed cluster, ``dask.compute(array)`` concatenates the blocks in a task on one
+worker and then sends the result: a 1,000,000 x 50 float64 PCA (400 MB) took that worker
+from 138 MB to 902 MB peak RSS (measured, LocalCluster of 2 processes). Per-cell results
+must not set a worker's memory, so every per-cell result here comes back block by block and
+is joined in the calling process, where it lands anyway.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+
+__all__ = ["compute"]
+
+
+def compute(*collections):
+    """Like :func:`dask.compute`, with dask arrays gathered as blocks and joined locally.
+
+    Parameters
+    ----------
+    *collections
+        Dask collections or plain objects, as for :func:`dask.compute`.
+
+    Returns
+    -------
+    tuple
+        The computed values, in order; arrays are numpy (or the block type joined with
+        dask's ``concatenate`` dispatch, e.g. sparse).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from scdask._compute import compute
+    >>> (x,) = compute(da.arange(10, chunks=3))
+    >>> x.tolist()
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    """
+    flat, plans = [], []
+    for obj in collections:
+        if isinstance(obj, da.Array) and obj.npartitions > 1:
+            blocks = obj.to_delayed()
+            plans.append((blocks.shape, len(flat)))
+            flat.extend(blocks.ravel().tolist())
+        else:
+            plans.append((None, len(flat)))
+            flat.append(obj)
+    results = dask.compute(*flat)
+    out = []
+    for shape, start in plans:
+        if shape is None:
+            out.append(results[start])
+            continue
+        parts = np.empty(shape, dtype=object)
+        parts.ravel()[:] = results[start : start + parts.size]
+        out.append(da.core.concatenate3(parts.tolist()))
+    return tuple(out)
