@@ -77,8 +77,8 @@ def test_write_streams_through_the_client(client, source, tmp_path, fmt, monkeyp
     monkeypatch.setattr(write_mod, "_client_window", spy)
     out = tmp_path / f"out.{fmt}"
     (write_h5ad if fmt == "h5ad" else write_zarr)(adata, out)
-    # X and the layer were each streamed as 14 blocks, 3 in flight (2 workers + 1)
-    assert windows == [(client, 14, 3), (client, 14, 3)]
+    # X and the layer streamed together: 14 units (a block of each), 3 in flight (2 workers + 1)
+    assert windows == [(client, 14, 3)]
     got = (ad.read_h5ad if fmt == "h5ad" else ad.read_zarr)(out)
     ref = ad.read_h5ad(source)
     expected = sp.csr_matrix(np.log1p(ref.X.toarray()))
@@ -87,6 +87,28 @@ def test_write_streams_through_the_client(client, source, tmp_path, fmt, monkeyp
     np.testing.assert_array_equal(got.X.data, expected.data)
     np.testing.assert_array_equal(got.layers["raw"].toarray(), ref.X.toarray())
     pd.testing.assert_frame_equal(got.obs, ref.obs)
+
+
+def _shared_work(block):
+    return block * 2
+
+
+def test_matrices_sharing_work_compute_it_once(client, source, tmp_path):
+    """X and two layers derived from one per-block task: that task runs once per block."""
+    adata = read_h5ad(source, chunk_size=50)
+    shared = adata.X.map_blocks(_shared_work, meta=adata.X._meta, dtype=adata.X.dtype)
+    result = ad.AnnData(
+        X=shared + 1, obs=adata.obs, var=adata.var, layers={"a": shared * 3, "b": shared}
+    )
+    with distributed.get_task_stream(client) as stream:
+        write_h5ad(result, tmp_path / "shared.h5ad")
+    runs = [t for t in stream.data if "_shared_work" in str(t["key"])]
+    assert len(runs) == adata.X.numblocks[0] == 8
+    got = ad.read_h5ad(tmp_path / "shared.h5ad")
+    ref = ad.read_h5ad(source).X.toarray() * 2
+    np.testing.assert_array_equal(got.layers["b"].toarray(), ref)
+    np.testing.assert_array_equal(got.layers["a"].toarray(), ref * 3)
+    np.testing.assert_array_equal(np.asarray(got.X), ref + 1)
 
 
 def test_failed_distributed_write_leaves_nothing(client, source, tmp_path):

@@ -2,9 +2,11 @@
 
 Each matrix that is a Dask array is computed block by block, in order, with a bounded
 window of blocks in flight, and appended to resizable ``data``/``indices``/``indptr``
-arrays (sparse) or written into a preallocated array (dense). Everything else (obs, var,
-obsm, varm, obsp, varp, uns, in-memory matrices) goes through ``anndata.io.write_elem``,
-so the result is an ordinary anndata store.
+arrays (sparse) or written into a preallocated array (dense). Matrices with the same blocks
+(``X`` and the layers of an activity result, say) are streamed together: block ``i`` of
+every one is computed in one unit, so the work they share runs once, not once per matrix.
+Everything else (obs, var, uns, in-memory matrices, 1-D arrays) goes through
+``anndata.io.write_elem``, so the result is an ordinary anndata store.
 
 The store is built under a temporary name next to ``path`` and renamed onto ``path`` only
 when complete; on any error (``KeyboardInterrupt`` included) the temporary is removed and
@@ -14,7 +16,6 @@ an existing file at ``path`` is left as it was.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import shutil
 import uuid
@@ -168,25 +169,37 @@ def write_store(
 
 def _write_anndata(root, adata: ad.AnnData, opts: WriteOptions) -> None:
     root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+    sinks: list[_Sink] = []
     if adata.X is not None:
-        write_matrix(root, "X", adata.X, opts)
+        _put(sinks, root, "X", adata.X, opts)
     ad.io.write_elem(root, "obs", adata.obs, dataset_kwargs=opts.dataset_kwargs)
     ad.io.write_elem(root, "var", adata.var, dataset_kwargs=opts.dataset_kwargs)
     for key in ("layers", "obsm", "varm", "obsp", "varp"):
-        _write_mapping(root, key, getattr(adata, key), opts)
+        _put_mapping(sinks, root, key, getattr(adata, key), opts)
     ad.io.write_elem(root, "uns", dict(adata.uns), dataset_kwargs=opts.dataset_kwargs)
     if adata.raw is not None:
         raw = root.create_group("raw")
         raw.attrs.update({"encoding-type": "raw", "encoding-version": "0.1.0"})
-        write_matrix(raw, "X", adata.raw.X, opts)
+        _put(sinks, raw, "X", adata.raw.X, opts)
         ad.io.write_elem(raw, "var", adata.raw.var, dataset_kwargs=opts.dataset_kwargs)
-        _write_mapping(raw, "varm", adata.raw.varm, opts)
+        _put_mapping(sinks, raw, "varm", adata.raw.varm, opts)
+    _stream(sinks, opts)
 
 
-def _write_mapping(root, key: str, mapping, opts: WriteOptions) -> None:
+def _put_mapping(sinks: list, root, key: str, mapping, opts: WriteOptions) -> None:
     ad.io.write_elem(root, key, {}, dataset_kwargs=opts.dataset_kwargs)
     for name, value in mapping.items():
-        write_matrix(root[key], name, value, opts)
+        _put(sinks, root[key], name, value, opts)
+
+
+def _put(sinks: list, group, key: str, value, opts: WriteOptions) -> None:
+    """Queue a 2-D Dask matrix for :func:`_stream`; write anything else now."""
+    if isinstance(value, da.Array) and value.ndim == 2:
+        layout = _layout(value)
+        sink = _DenseSink if layout == "dense" else _SparseSink
+        sinks.append(sink(group, key, value, layout, opts))
+    else:
+        write_matrix(group, key, value, opts)
 
 
 def write_matrix(group, key: str, value, opts: WriteOptions) -> None:
@@ -201,10 +214,15 @@ def write_matrix(group, key: str, value, opts: WriteOptions) -> None:
     ...     f["m"].attrs["encoding-type"]
     'array'
     """
+    if isinstance(value, da.Array) and value.ndim == 2:
+        sinks: list[_Sink] = []
+        _put(sinks, group, key, value, opts)
+        _stream(sinks, opts)
+        return
     if isinstance(value, da.Array):
-        _stream_matrix(group, key, value, opts)
-    else:
-        ad.io.write_elem(group, key, _host(value), dataset_kwargs=opts.dataset_kwargs)
+        # Vectors and other non-matrix arrays are small: anndata writes them.
+        (value,) = dask.compute(value)
+    ad.io.write_elem(group, key, _host(value), dataset_kwargs=opts.dataset_kwargs)
 
 
 @contextlib.contextmanager
@@ -339,79 +357,110 @@ def _layout(x: da.Array) -> str:
     return "csc" if meta.format == "csc" and x.numblocks[0] == 1 else "csr"
 
 
-def _stream_matrix(group, key: str, x: da.Array, opts: WriteOptions) -> None:
-    if x.ndim != 2:
-        # Vectors and other non-matrix arrays are small: anndata writes them.
-        ad.io.write_elem(group, key, _host(x.compute()), dataset_kwargs=opts.dataset_kwargs)
-        return
-    layout = _layout(x)
-    if layout == "dense":
-        _stream_dense(group, key, x, opts)
-    else:
-        _stream_sparse(group, key, x, layout, opts)
+def _stream(sinks: list[_Sink], opts: WriteOptions) -> None:
+    """Compute and write the sinks' blocks; sinks with the same blocks go together.
+
+    Sinks are grouped by streaming axis and block sizes; for each group, unit ``i`` is the
+    list of every sink's block ``i``, from unoptimised graphs so that keys the sinks share
+    stay shared and run once per unit.
+    """
+    groups: dict[tuple, list[_Sink]] = {}
+    for sink in sinks:
+        groups.setdefault((sink.axis, sink.x.chunks[sink.axis]), []).append(sink)
+    for members in groups.values():
+        per_sink = [m.x.to_delayed(optimize_graph=False).ravel() for m in members]
+        units = [dask.delayed(list(blocks)) for blocks in zip(*per_sink, strict=True)]
+        for blocks in _computed(units, opts.window):
+            for sink, block in zip(members, blocks, strict=True):
+                sink.append(block)
+            del blocks  # not alive while the next unit is awaited
+        for sink in members:
+            sink.close()
 
 
-def _stream_dense(group, key: str, x: da.Array, opts: WriteOptions) -> None:
-    x = x.rechunk({1: -1})
-    n_rows, n_cols = x.shape
-    row_bytes = max(n_cols * x.dtype.itemsize, 1)
-    chunk = (max(1, min(n_rows, _DENSE_CHUNK_BYTES // row_bytes)), max(n_cols, 1))
-    if isinstance(group, h5py.Group):
-        dset = group.create_dataset(
-            key,
-            shape=x.shape,
-            dtype=x.dtype,
-            chunks=chunk if opts.dataset_kwargs and n_rows and n_cols else None,
-            **opts.dataset_kwargs,
-        )
-    else:
-        dset = group.create_array(key, shape=x.shape, dtype=x.dtype, chunks=chunk)
-    dset.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-    start = 0
-    for block in computed_blocks(x, opts.window):
+class _Sink:
+    """Where one streamed matrix goes: ``append`` its blocks in order, then ``close``."""
+
+    axis = 0
+    x: da.Array
+
+    def append(self, block) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _DenseSink(_Sink):
+    def __init__(self, group, key: str, x: da.Array, layout: str, opts: WriteOptions) -> None:
+        self.x = x = x.rechunk({1: -1})
+        n_rows, n_cols = x.shape
+        row_bytes = max(n_cols * x.dtype.itemsize, 1)
+        chunk = (max(1, min(n_rows, _DENSE_CHUNK_BYTES // row_bytes)), max(n_cols, 1))
+        if isinstance(group, h5py.Group):
+            self.dset = group.create_dataset(
+                key,
+                shape=x.shape,
+                dtype=x.dtype,
+                chunks=chunk if opts.dataset_kwargs and n_rows and n_cols else None,
+                **opts.dataset_kwargs,
+            )
+        else:
+            self.dset = group.create_array(key, shape=x.shape, dtype=x.dtype, chunks=chunk)
+        self.dset.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        self.start = 0
+
+    def append(self, block) -> None:
         block = _host(block)
         block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        stop = start + block.shape[0]
-        if stop > start:
-            dset[start:stop] = block.astype(x.dtype, copy=False)
-        start = stop
-        del block  # not alive while the next block is awaited
+        stop = self.start + block.shape[0]
+        if stop > self.start:
+            self.dset[self.start : stop] = block.astype(self.x.dtype, copy=False)
+        self.start = stop
 
 
-def _stream_sparse(group, key: str, x: da.Array, layout: str, opts: WriteOptions) -> None:
-    axis = 1 if layout == "csc" else 0
-    x = x.rechunk({1 - axis: -1})
-    n_minor = x.shape[1 - axis]
-    index_dtype = np.int32 if n_minor < np.iinfo(np.int32).max else np.int64
-    g = group.create_group(key)
-    g.attrs.update(
-        {
-            "encoding-type": f"{layout}_matrix",
-            "encoding-version": "0.1.0",
-            "shape": [int(s) for s in x.shape],
-        }
-    )
-    blocks = (_compressed(b, layout) for b in computed_blocks(x, opts.window))
-    first = next(blocks, None)
-    # Storage chunks from the first block's size: small matrices stay small on disk.
-    guess = (first.nnz if first is not None else 0) * x.numblocks[axis]
-    data = _resizable(g, "data", x.dtype, guess, opts)
-    indices = _resizable(g, "indices", index_dtype, guess, opts)
-    # indptr is kept (8 bytes per row, like obs) and written last, in the indices' dtype
-    # when the non-zeros allow: scipy copies int32 indices to int64 for an int64 indptr.
-    pointers = [np.zeros(1, dtype=np.int64)]
-    offset = 0
-    rest = itertools.chain([first] if first is not None else [], blocks)
-    del first
-    for block in rest:
-        _append(data, block.data.astype(x.dtype, copy=False))
-        _append(indices, block.indices.astype(index_dtype, copy=False))
-        pointers.append(block.indptr[1:].astype(np.int64) + offset)
-        offset += int(block.indptr[-1])
-        del block  # not alive while the next block is awaited: memory stays bounded
-    ptr_dtype = index_dtype if offset <= np.iinfo(index_dtype).max else np.int64
-    indptr = np.concatenate(pointers).astype(ptr_dtype)
-    _append(_resizable(g, "indptr", ptr_dtype, indptr.shape[0], opts), indptr)
+class _SparseSink(_Sink):
+    def __init__(self, group, key: str, x: da.Array, layout: str, opts: WriteOptions) -> None:
+        self.layout, self.opts = layout, opts
+        self.axis = axis = 1 if layout == "csc" else 0
+        self.x = x = x.rechunk({1 - axis: -1})
+        n_minor = x.shape[1 - axis]
+        self.index_dtype = np.int32 if n_minor < np.iinfo(np.int32).max else np.int64
+        self.group = group.create_group(key)
+        self.group.attrs.update(
+            {
+                "encoding-type": f"{layout}_matrix",
+                "encoding-version": "0.1.0",
+                "shape": [int(s) for s in x.shape],
+            }
+        )
+        self.data = self.indices = None
+        # indptr is kept (8 bytes per row, like obs) and written last, in the indices' dtype
+        # when the non-zeros allow: scipy copies int32 indices to int64 for an int64 indptr.
+        self.pointers = [np.zeros(1, dtype=np.int64)]
+        self.offset = 0
+
+    def _create(self, nnz: int) -> None:
+        # Storage chunks from the first block's size: small matrices stay small on disk.
+        guess = nnz * self.x.numblocks[self.axis]
+        self.data = _resizable(self.group, "data", self.x.dtype, guess, self.opts)
+        self.indices = _resizable(self.group, "indices", self.index_dtype, guess, self.opts)
+
+    def append(self, block) -> None:
+        block = _compressed(block, self.layout)
+        if self.data is None:
+            self._create(block.nnz)
+        _append(self.data, block.data.astype(self.x.dtype, copy=False))
+        _append(self.indices, block.indices.astype(self.index_dtype, copy=False))
+        self.pointers.append(block.indptr[1:].astype(np.int64) + self.offset)
+        self.offset += int(block.indptr[-1])
+
+    def close(self) -> None:
+        if self.data is None:
+            self._create(0)
+        ptr_dtype = self.index_dtype if self.offset <= np.iinfo(self.index_dtype).max else np.int64
+        indptr = np.concatenate(self.pointers).astype(ptr_dtype)
+        _append(_resizable(self.group, "indptr", ptr_dtype, indptr.shape[0], self.opts), indptr)
 
 
 def _compressed(block, layout: str):
@@ -479,14 +528,17 @@ def computed_blocks(x: da.Array, window: int | None = None) -> Iterator:
     >>> [b.tolist() for b in computed_blocks(x, window=2)]
     [[[0, 1]], [[2, 3]], [[4, 5]]]
     """
-    blocks = list(x.to_delayed().ravel())
+    return _computed(list(x.to_delayed().ravel()), window)
+
+
+def _computed(units: list, window: int | None) -> Iterator:
+    """The values of the Delayed ``units``, in order, about ``window`` in flight."""
     client = _active_client()
     if client is not None:
         n = window or sum(client.nthreads().values()) + 1
-        yield from _client_window(client, blocks, max(1, n))
-    else:
-        n = window or (dask.config.get("num_workers", None) or os.cpu_count() or 1)
-        yield from _thread_window(blocks, max(1, int(n)))
+        return _client_window(client, units, max(1, n))
+    n = window or (dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    return _thread_window(units, max(1, int(n)))
 
 
 def _client_window(client, blocks: list, window: int) -> Iterator:
