@@ -13,7 +13,28 @@ import dask
 import dask.array as da
 import numpy as np
 
-__all__ = ["compute"]
+__all__ = ["active_client", "compute"]
+
+
+def active_client():
+    """The distributed Client that ``dask.compute`` would use now, or ``None``.
+
+    Examples
+    --------
+    >>> from scdask._compute import active_client
+    >>> active_client() is None  # no Client started here
+    True
+    """
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    scheduler = dask.base.get_scheduler()
+    return client if getattr(scheduler, "__self__", None) is client else None
 
 
 def compute(*collections):

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from scdask._ops import CSRBlock
 from scdask.activity import build_model, infer, to_frames
 from scdask.activity._ridge import _tables
+from scdask.io import write_h5ad
 
 secactpy = pytest.importorskip("secactpy")
 
@@ -261,6 +262,32 @@ def test_same_numbers_with_many_blocks(cells, one_block, scheduler):
     for name in ("beta", "se", "zscore"):
         np.testing.assert_allclose(many[name], one_block[name], rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(many["pvalue"], one_block["pvalue"])
+
+
+def test_on_a_cluster_model_and_table_sent_once(cells, secact_grouped, tmp_path):
+    """With a Client the model and table are broadcast futures: the graph the writer submits
+    per block stays small, and the written result equals the local one."""
+    distributed = pytest.importorskip("distributed")
+    local = to_frames(infer(_lazy(cells, 16), signature=secact_grouped, group=False, n_rand=30))
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        res = infer(_lazy(cells, 16), signature=secact_grouped, group=False, n_rand=30)
+        graph = res.layers["beta"].__dask_graph__()
+        big = [k for k, v in dict(graph).items() if dask.sizeof.sizeof(v) > 2**20]
+        assert big == [], f"large literals in the graph: {big}"
+        # the model and the two tables (forward, inverse), broadcast; nothing else yet
+        held = client.who_has()
+        assert sorted(k.rsplit("-", 1)[0] for k in held) == ["Model", "ndarray", "ndarray"]
+        assert all(len(workers) == 2 for workers in held.values())
+        write_h5ad(res, tmp_path / "cells.h5ad")
+    got = ad.read_h5ad(tmp_path / "cells.h5ad")
+    for name in ("beta", "se", "zscore"):
+        np.testing.assert_allclose(got.layers[name].T, local[name], rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(got.layers["pvalue"].T, local["pvalue"])
 
 
 def _count_tasks(arrays, func) -> int:

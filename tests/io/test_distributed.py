@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 import scdask.io._write as write_mod
+from scdask._compute import active_client
 from scdask.io import read_h5ad, write_h5ad, write_zarr
 
 distributed = pytest.importorskip("distributed")
@@ -51,7 +52,7 @@ def source(tmp_path_factory):
 def test_read_and_sum_on_worker_processes(client, source):
     adata = read_h5ad(source, chunk_size=50)
     ref = ad.read_h5ad(source).X.toarray()
-    assert write_mod._active_client() is client
+    assert active_client() is client
     with distributed.get_task_stream(client) as stream:
         col, row, total = dask.compute(adata.X.sum(axis=0), adata.X.sum(axis=1), adata.X.sum())
     np.testing.assert_allclose(col, ref.sum(axis=0), rtol=1e-6)

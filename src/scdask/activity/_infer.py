@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scdask._compute import active_client
 from scdask._ops import CSRBlock
 from scdask.activity._results import make_result
 from scdask.activity._ridge import (
@@ -32,6 +33,7 @@ from scdask.activity._ridge import (
     build_model,
     map_ridge,
     ridge_block,
+    shared,
 )
 from scdask.activity._signature import BUNDLED_SIGNATURES, group_signatures, load_signature
 
@@ -195,13 +197,11 @@ def _row_blocks(matrix) -> da.Array:
 
 
 def _parallelism() -> int:
-    """Threads that run tasks: the connected cluster's, else this machine's cores."""
-    try:
-        from distributed import default_client
-
-        return sum(default_client().nthreads().values())
-    except ValueError:
+    """Threads that run tasks: the active cluster's, else this machine's cores."""
+    client = active_client()
+    if client is None:
         return len(os.sched_getaffinity(0))
+    return sum(client.nthreads().values())
 
 
 def _task_blocks(x: da.Array) -> da.Array:
@@ -539,8 +539,8 @@ def infer(
         )
     targets = _CellTargets(norm=norm, centre=sums / n_full)
     xs = _zscore_columns(sig.loc[common])
-    model = dask.delayed(build_model, pure=True)(xs.to_numpy(), lambda_, t_test=n_rand == 0)
-    tables = dask.delayed(_tables, pure=True)(len(common), n_rand, seed, rng) if n_rand else None
+    model = shared(build_model, xs.to_numpy(), lambda_, t_test=n_rand == 0)
+    tables = shared(_tables, len(common), n_rand, seed, rng) if n_rand else None
     stacked = map_ridge(
         _task_blocks(x),
         model,

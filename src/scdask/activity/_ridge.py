@@ -40,6 +40,7 @@ import scipy.linalg
 import scipy.sparse as sp
 import scipy.stats
 
+from scdask._compute import active_client
 from scdask.activity._permutation import RNG_METHODS, _inverse, permutation_table
 
 __all__ = [
@@ -565,6 +566,26 @@ def map_ridge(
     )
 
 
+def shared(func: Callable, *args, **kwargs):
+    """``func(*args, **kwargs)`` as one object every block task can take.
+
+    With a distributed Client it is computed here and broadcast to every worker once (a
+    Future in the graph, so the graph stays small however many times it is submitted: the
+    writer submits one unit per block). Otherwise it is one ``dask.delayed`` key of the
+    graph, run once per compute by the local scheduler.
+
+    Examples
+    --------
+    >>> from scdask.activity._ridge import shared
+    >>> shared(sum, [1, 2]).compute()
+    3
+    """
+    client = active_client()
+    if client is None:
+        return dask.delayed(func, pure=True)(*args, **kwargs)
+    return client.scatter(func(*args, **kwargs), broadcast=True, hash=False)
+
+
 def _check_rng(rng: str, n_rand: int) -> None:
     if rng not in RNG_METHODS:
         raise ValueError(f"rng must be one of {RNG_METHODS}, got {rng!r}")
@@ -623,7 +644,7 @@ def ridge(
         ``beta``, ``se``, ``zscore``, ``pvalue``: ``m x p`` arrays (the transpose of
         secactpy's), numpy for in-memory input and dask (lazy, row blocks of ``y``) for
         dask input. On dask, ``Tᵀ`` and the permutation table are single graph keys that
-        every block task shares.
+        every block task shares (futures broadcast once to the workers with a Client).
 
     Examples
     --------
@@ -641,8 +662,8 @@ def ridge(
     if y.shape[1] != n:
         raise ValueError(f"y has {y.shape[1]} genes (columns) but x has {n} rows")
     if isinstance(y, da.Array):
-        model = dask.delayed(build_model, pure=True)(x, lambda_, t_test=n_rand == 0)
-        tables = dask.delayed(_tables, pure=True)(n, n_rand, seed, rng) if n_rand else None
+        model = shared(build_model, x, lambda_, t_test=n_rand == 0)
+        tables = shared(_tables, n, n_rand, seed, rng) if n_rand else None
         stacked = map_ridge(y, model, tables, p, dtype=dtype, chunk_rows=chunk_rows)
         return {name: stacked[:, i, :] for i, name in enumerate(_STATS)}
     model = build_model(x, lambda_, t_test=n_rand == 0)

@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from scdask._compute import active_client
 from scdask._ops import CSCBlock, CSRBlock
 from scdask.io._read import MatrixSource
 from scdask.io._store import Format
@@ -499,20 +500,6 @@ def _append(dset, values: np.ndarray) -> None:
 # -- computing blocks in order ---------------------------------------------------------------
 
 
-def _active_client():
-    """The distributed Client that ``dask.compute`` would use now, or ``None``."""
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    try:
-        client = default_client()
-    except ValueError:
-        return None
-    scheduler = dask.base.get_scheduler()
-    return client if getattr(scheduler, "__self__", None) is client else None
-
-
 def computed_blocks(x: da.Array, window: int | None = None) -> Iterator:
     """Yield the computed blocks of ``x`` in order, with at most about ``window`` in flight.
 
@@ -533,7 +520,7 @@ def computed_blocks(x: da.Array, window: int | None = None) -> Iterator:
 
 def _computed(units: list, window: int | None) -> Iterator:
     """The values of the Delayed ``units``, in order, about ``window`` in flight."""
-    client = _active_client()
+    client = active_client()
     if client is not None:
         n = window or sum(client.nthreads().values()) + 1
         return _client_window(client, units, max(1, n))
