@@ -206,17 +206,11 @@ def volcano(
     ax.scatter(x[~zero], y[~zero], c=colors[~zero], s=14, linewidths=0, rasterized=True)
     if zero.any():
         ax.scatter(x[zero], y[zero], c=colors[zero], s=22, marker="^", linewidths=0)
-    ax.margins(x=0.12, y=0.06)  # room for the labels of the outermost points
+    ax.margins(x=0.12, y=0.25)  # room for the labels above the outermost points
+    ax.set_ylim(bottom=0)
     ax.axhline(-np.log10(threshold), color="black", linestyle="--", linewidth=0.8)
     ax.axvline(0, color=GREY, linewidth=0.8)
-    for i in np.argsort(-np.abs(x), kind="stable")[:label_top]:
-        ax.annotate(
-            str(z.index[i]),
-            (x[i], y[i]),
-            xytext=(3, 3),
-            textcoords="offset points",
-            fontsize=8,
-        )
+    _label_points(ax, x, y, z.index, np.argsort(-np.abs(x), kind="stable")[:label_top])
     ax.set_xlabel("activity z-score")
     ax.set_ylabel(r"$-\log_{10}$ p-value")
     handles = [Line2D([], [], marker="o", linestyle="", color=c) for c in (_UP, _DOWN, GREY)]
@@ -226,3 +220,32 @@ def volcano(
         labels.append("p = 0 (drawn at smallest p)")
     ax.legend(handles, labels, loc="best", frameon=False, fontsize=8)
     return finish(fig, save)
+
+
+def _label_points(ax, x, y, names, chosen, fontsize: float = 7) -> None:
+    """Name the ``chosen`` points, stacking labels in rows so that none overlap.
+
+    Strong proteins pile up at the p-value floor; taken in x order, each label goes to the
+    lowest row whose last label ends left of it (widths estimated from the font size), with
+    a leader line to its point.
+    """
+    ax.autoscale_view()
+    pixels = ax.transData.transform(np.column_stack([x, y]))[:, 0]
+    points_per_pixel = 72 / ax.figure.dpi
+    ends: list[float] = []  # right end (pixels) of the last label in each row
+    for i in sorted(chosen, key=lambda i: x[i]):
+        half = 0.3 * fontsize * len(str(names[i])) / points_per_pixel
+        left = pixels[i] - half
+        row = next((r for r, end in enumerate(ends) if end < left), len(ends))
+        if row == len(ends):
+            ends.append(0.0)
+        ends[row] = pixels[i] + half + 2
+        ax.annotate(
+            str(names[i]),
+            (x[i], y[i]),
+            xytext=(0, 5 + 1.3 * fontsize * row),
+            textcoords="offset points",
+            ha="center",
+            fontsize=fontsize,
+            arrowprops={"arrowstyle": "-", "linewidth": 0.4, "color": GREY},
+        )
