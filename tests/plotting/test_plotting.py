@@ -353,6 +353,24 @@ def test_volcano_points_and_labels():
     np.testing.assert_allclose(np.sort(y), np.sort(-np.log10(p.to_numpy())))
 
 
+def test_volcano_labels_of_piled_up_points_do_not_overlap():
+    """Ten strong proteins at the p-value floor within a narrow z range: no labels overlap."""
+    names = [f"PROTEIN{i}" for i in range(40)]
+    z = pd.Series(np.r_[np.linspace(-20, -19, 10), np.linspace(-3, 3, 30)], index=names)
+    p = pd.Series(np.r_[np.full(10, 1e-3), np.linspace(0.01, 0.9, 30)], index=names)
+    fig = plotting.volcano(z, p, label_top=10)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    # the text itself, not the leader line (Annotation.get_window_extent includes it)
+    boxes = [mpl.text.Text.get_window_extent(t, renderer) for t in fig.axes[0].texts]
+    assert len(boxes) == 10
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+    plt.close(fig)
+
+
 def test_volcano_arrays_zero_p_and_nan():
     z, p = _zp(30)
     p.iloc[0] = 0.0

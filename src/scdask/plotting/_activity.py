@@ -243,7 +243,7 @@ def _label_points(ax, x, y, names, chosen, fontsize: float = 7) -> None:
         ax.annotate(
             str(names[i]),
             (x[i], y[i]),
-            xytext=(0, 5 + 1.3 * fontsize * row),
+            xytext=(0, 5 + 1.6 * fontsize * row),
             textcoords="offset points",
             ha="center",
             fontsize=fontsize,
