@@ -21,13 +21,12 @@ Everything is vectorised with numpy:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from scdask._config import cache_dir
+from scdask._files import atomic_target
 
 __all__ = ["RNG_METHODS", "permutation_table"]
 
@@ -203,14 +202,8 @@ def _cache_path(n: int, n_rand: int, seed: int, rng: str) -> Path:
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def _forward_table(n: int, n_rand: int, seed: int, rng: str, cache: bool) -> np.ndarray:

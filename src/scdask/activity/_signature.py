@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -14,6 +13,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from scdask._config import cache_dir
+from scdask._files import atomic_target
 
 __all__ = ["BUNDLED_SIGNATURES", "expand_rows", "group_signatures", "load_signature"]
 
@@ -45,19 +45,13 @@ def _binary_cache_path(path: Path) -> Path:
 
 def _write_binary(target: Path, frame: pd.DataFrame) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                values=frame.to_numpy(),
-                genes=frame.index.to_numpy(dtype=str),
-                proteins=frame.columns.to_numpy(dtype=str),
-            )
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(target) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            values=frame.to_numpy(),
+            genes=frame.index.to_numpy(dtype=str),
+            proteins=frame.columns.to_numpy(dtype=str),
+        )
 
 
 @lru_cache(maxsize=4)

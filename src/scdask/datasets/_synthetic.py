@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import secrets
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +43,7 @@ import scipy.sparse as sp
 from anndata.io import write_elem
 from scipy.special import ndtr, ndtri
 
+from scdask._files import atomic_target
 from scdask.datasets._sample import sample
 
 __all__ = ["synthetic"]
@@ -398,7 +398,7 @@ def synthetic(
     Parameters
     ----------
     path
-        Destination file. The data go to a temporary file ``<path>.tmp-<random>`` in the
+        Destination file. The data go to a hidden temporary file (``.<name>.scdask-tmp-*``) in the
         same folder, renamed to ``path`` only when complete (an existing file is replaced);
         on any error the temporary file is removed and ``path`` is untouched.
     n_cells
@@ -458,21 +458,15 @@ def synthetic(
     path = Path(path)
     model = _fit(n_genes)
     blocks_per_step = -(-chunk_cells // _RNG_BLOCK)
-    tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        steps = _steps(model, n_cells, seed=seed, blocks_per_step=blocks_per_step, n_jobs=n_jobs)
-        with h5py.File(tmp, "w") as f, closing(steps):
-            codes = _write_counts(f, n_cells, len(model.gene_names), steps)
-            f.attrs["encoding-type"] = "anndata"
-            f.attrs["encoding-version"] = "0.1.0"
-            obs_names = pd.Index([f"cell{i}" for i in range(n_cells)])
-            cell_type = pd.Categorical.from_codes(codes, categories=model.type_names)
-            write_elem(f, "obs", pd.DataFrame({"cell_type": cell_type}, index=obs_names))
-            write_elem(f, "var", pd.DataFrame(index=pd.Index(model.gene_names)))
-            for key in ("layers", "obsm", "varm", "obsp", "varp", "uns"):
-                write_elem(f, key, {})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    steps = _steps(model, n_cells, seed=seed, blocks_per_step=blocks_per_step, n_jobs=n_jobs)
+    with atomic_target(path) as tmp, h5py.File(tmp, "w") as f, closing(steps):
+        codes = _write_counts(f, n_cells, len(model.gene_names), steps)
+        f.attrs["encoding-type"] = "anndata"
+        f.attrs["encoding-version"] = "0.1.0"
+        obs_names = pd.Index([f"cell{i}" for i in range(n_cells)])
+        cell_type = pd.Categorical.from_codes(codes, categories=model.type_names)
+        write_elem(f, "obs", pd.DataFrame({"cell_type": cell_type}, index=obs_names))
+        write_elem(f, "var", pd.DataFrame(index=pd.Index(model.gene_names)))
+        for key in ("layers", "obsm", "varm", "obsp", "varp", "uns"):
+            write_elem(f, key, {})
     return path

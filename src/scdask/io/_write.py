@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scdask._compute import active_client
+from scdask._files import atomic_target
 from scdask._ops import CSCBlock, CSRBlock
 from scdask.io._read import MatrixSource
 from scdask.io._store import Format
@@ -235,61 +234,6 @@ def _create_store(path: Path, fmt: Format) -> Iterator:
         import zarr
 
         yield zarr.open_group(str(path), mode="w", zarr_format=ad.settings.zarr_write_format)
-
-
-# -- atomic replacement -----------------------------------------------------------------------
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _sibling(path: Path, tag: str) -> Path:
-    return path.with_name(f".{path.name}.scdask-{tag}-{uuid.uuid4().hex[:12]}")
-
-
-@contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; move it onto ``path`` only if the block succeeds.
-
-    On any exception (``KeyboardInterrupt`` included) the temporary is removed and
-    ``path`` is left as it was. A directory (zarr store) replaces ``path`` by two
-    renames: the old store is moved aside, the new one moved in, the old one removed.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> out = Path(tempfile.mkdtemp()) / "a.txt"
-    >>> with atomic_target(out) as tmp:
-    ...     _ = tmp.write_text("done")
-    >>> out.read_text()
-    'done'
-    """
-    tmp = _sibling(path, "tmp")
-    try:
-        yield tmp
-        if tmp.is_file() and not path.is_dir():
-            os.replace(tmp, path)
-            return
-        old = _sibling(path, "old") if path.exists() or path.is_symlink() else None
-        if old is not None:
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.replace(old, path)
-            raise
-        if old is not None:
-            _remove(old)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def sources_of(adata: ad.AnnData) -> set[str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -15,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scdask._compute import compute
+from scdask._files import atomic_target
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,13 +53,8 @@ def finish(fig: Figure, save: str | os.PathLike[str] | None) -> Figure:
     """
     if save is None:
         return fig
-    path = Path(save)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_target(save) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return fig
 
 
