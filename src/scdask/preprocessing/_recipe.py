@@ -20,11 +20,23 @@ statistic a step needs is gathered in the pass where it first becomes computable
    this is ``D⁻¹(LᵀL - n μμᵀ)D⁻¹/(n - 1)``; the ``Y`` form keeps scanpy's clip exact.
 4. **Projection.** ``X_pca = (Y - 1mᵀ)V = YV - 1(mᵀV)``, block by block.
 
-Passes 1 and 2 run one task per block that returns every statistic of the block, so a block
-is freed as soon as it is used (worker memory depends on the block size only).
+Every pass runs one task per block that reads the block and returns all that the pass needs
+of it (the read is inlined in that task, :func:`scdask.preprocessing._blocks.block_tasks`), so
+a block is freed as soon as it is used; per-gene partials are added by
+:func:`~scdask.preprocessing._blocks.running_sum`. Worker memory depends on the block size
+only, not on the number of cells.
 
-A pass needs the previous pass's result (filters → normalisation totals → HVG set → the
-eigenvectors), so four is the minimum for this chain with the exact solver.
+The block kernels are numba loops over the CSR arrays that fuse what numpy did in several
+sweeps (``np.repeat`` of the row factors, one ``np.bincount`` per statistic, float64 copies,
+the copy of the block that dropped explicit zeros): pass 1 is one sweep; pass 2 divides,
+takes numpy's ``log1p``/``expm1`` (the functions scanpy calls, so values stay equal) and sums
+the moments in one sweep each; passes 3 and 4 take the HVG columns first (scipy's column
+index: ~10 % of the values) and scale only those. The Gram matrix is accumulated by a tiled
+sparse kernel over the pairs of non-zeros of each row
+(:func:`~scdask.preprocessing._pca.gram_block`), in float64, upper triangle only, packed.
+Measured at 100,000 cells x 20,000 genes (~10 % dense, 24 blocks), CPU seconds per pass in one
+process, reading (~1.1 s per pass) excluded: QC 5.6 → 1.4, normalisation/HVG 6.9 → 1.9,
+Gram 10.8 → 5.6, projection 1.05 → 0.96.
 """
 
 from __future__ import annotations
@@ -33,9 +45,11 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Literal
 
 import dask
+import numba
 import numpy as np
 import scipy.sparse as sp
 
+from scdask._compute import compute
 from scdask.preprocessing._blocks import (
     csr,
     get_matrix,
@@ -46,9 +60,16 @@ from scdask.preprocessing._blocks import (
     sum_dtype,
 )
 from scdask.preprocessing._hvg import _N_MOMENTS, _SUM, _SUMSQ, _dispersion_flavor
-from scdask.preprocessing._normalize import _factors, _log1p_block, log1p, normalize_total
-from scdask.preprocessing._pca import flip_signs, gram_block, store, top_eigh
-from scdask.preprocessing._qc import _qc_cells, _qc_genes, annotate_gene_groups
+from scdask.preprocessing._normalize import _factors, log1p, normalize_total
+from scdask.preprocessing._pca import (
+    flip_signs,
+    gram_block,
+    gram_size,
+    store,
+    top_eigh,
+    unpack_gram,
+)
+from scdask.preprocessing._qc import annotate_gene_groups
 from scdask.preprocessing._scale import mean_std
 
 if TYPE_CHECKING:
@@ -60,75 +81,188 @@ __all__ = ["recipe"]
 _HVG_CUTOFFS = (0.0125, 3, 0.5, np.inf)
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _qc_kernel(indptr, indices, data, masks, min_genes, cells, genes):  # pragma: no cover
+    """Pass 1 in one sweep over the stored values (explicit zeros skipped).
+
+    ``cells[r]``: genes detected, total, totals per row of ``masks``; ``genes[j]``: cells
+    detected, total, cells detected among the cells with at least ``min_genes`` genes (the
+    three side by side, so a value touches one cache line). Sums run in float64 in the
+    order of the rows and values, like scanpy's (and bincount's) arithmetic.
+    """
+    for r in range(indptr.shape[0] - 1):
+        lo, hi = indptr[r], indptr[r + 1]
+        count = 0
+        for a in range(lo, hi):
+            count += data[a] != 0
+        kept = 1.0 if count >= min_genes else 0.0
+        total = 0.0
+        for a in range(lo, hi):
+            value = np.float64(data[a])
+            if value == 0:
+                continue
+            total += value
+            gene = genes[indices[a]]
+            gene[0] += 1.0
+            gene[1] += value
+            gene[2] += kept
+        cells[r, 0] = count
+        cells[r, 1] = total
+        for g in range(masks.shape[0]):
+            total = 0.0
+            for a in range(lo, hi):
+                if masks[g, indices[a]]:
+                    total += np.float64(data[a])
+            cells[r, 2 + g] = total
+
+
 def _qc_pass(block, masks, *, min_genes: int):
-    """Pass 1: per cell QC (``_qc_cells``); per gene QC (``_qc_genes``) and detected cells
-    among the cells with at least ``min_genes`` genes."""
-    m = csr(block)
-    kept = np.repeat(np.diff(m.indptr) >= min_genes, np.diff(m.indptr))
-    in_kept = np.bincount(m.indices[kept], minlength=m.shape[1])
-    return _qc_cells(m, masks, ns=()), np.vstack([_qc_genes(m), in_kept])
+    """Pass 1: per cell QC (as ``_qc_cells``); per gene QC (as ``_qc_genes``) and detected
+    cells among the cells with at least ``min_genes`` genes."""
+    m = _plain_csr(block)
+    cells = np.zeros((m.shape[0], 2 + masks.shape[0]))
+    genes = np.zeros((m.shape[1], 3))
+    _qc_kernel(m.indptr, m.indices, m.data, masks, min_genes, cells, genes)
+    return cells, genes.T
+
+
+def _plain_csr(block) -> sp.csr_array:
+    """The block as a scipy CSR array without copying (kernels skip explicit zeros
+    themselves, so :func:`csr`'s copy that drops them is not needed)."""
+    if isinstance(block, np.ndarray):
+        return csr(block)
+    b = block.to_scipy() if hasattr(block, "to_scipy") else block
+    return b if b.format == "csr" else sp.csr_array(b)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _kept_totals(indptr, indices, data, gene_keep):  # pragma: no cover (numba)
+    """Per row, the float64 sum of its values in the kept genes (``m @ gene_keep``)."""
+    totals = np.zeros(indptr.shape[0] - 1)
+    for r in range(totals.shape[0]):
+        total = 0.0
+        for a in range(indptr[r], indptr[r + 1]):
+            if gene_keep[indices[a]]:
+                total += data[a]
+        totals[r] = total
+    return totals
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _scale_values(indptr, data, factor):  # pragma: no cover (numba)
+    """``data / factor[row]`` for every stored value, in the dtype of ``factor`` (cast first,
+    then divided: ``normalize_total``'s arithmetic, without numpy's per-value ``repeat``)."""
+    values = np.empty(data.shape[0], dtype=factor.dtype)
+    for r in range(indptr.shape[0] - 1):
+        f = factor[r]
+        for a in range(indptr[r], indptr[r + 1]):
+            values[a] = data[a]
+            values[a] /= f
+    return values
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _add_moments(indptr, indices, values, row_keep, out):  # pragma: no cover (numba)
+    """``out[j]`` += (sum, sum of squares) of column ``j``'s values in the rows of
+    ``row_keep``: squared in their dtype and summed in float64 (scanpy's arithmetic), in the
+    order of the values (as ``np.bincount``)."""
+    for r in range(indptr.shape[0] - 1):
+        if not row_keep[r]:
+            continue
+        for a in range(indptr[r], indptr[r + 1]):
+            v = values[a]
+            column = out[indices[a]]
+            column[0] += np.float64(v)
+            column[1] += np.float64(v * v)
 
 
 def _factors_over(m: sp.csr_array, gene_keep: np.ndarray, *, target_sum: float, out_dtype):
     """Per-cell normalisation factors over the kept genes, as ``normalize_total`` uses them."""
-    totals = m @ gene_keep.astype(np.float64)
+    totals = _kept_totals(m.indptr, m.indices, m.data, gene_keep)
     factor = _factors(totals, target_sum, out_dtype)
     factor[factor == 0] = 1
     return factor
 
 
-def _lognorm(m: sp.csr_array, factor: np.ndarray, *, out_dtype) -> sp.csr_array:
-    """``log1p(m / factor)`` per row, in ``out_dtype`` (normalize_total + log1p arithmetic)."""
-    data = m.data.astype(out_dtype) / np.repeat(factor, np.diff(m.indptr))
-    normed = sp.csr_array((data, m.indices, m.indptr), shape=m.shape)
-    return _log1p_block(normed, base=None, out_dtype=out_dtype)
+def _lognorm(
+    m: sp.csr_array, factor: np.ndarray, *, out_dtype, columns=None, rows=None
+) -> sp.csr_array:
+    """``log1p(m / factor)`` per row, in ``out_dtype`` (normalize_total + log1p arithmetic).
+
+    ``columns``: the columns to keep, in order (default all); ``rows``: boolean mask of the
+    rows to keep (default all). Columns are selected first (scipy's C++ column index: the
+    HVGs hold ~10 % of the values, so the rest works on a small matrix); the division is a
+    numba sweep and the logarithm numpy's (vectorised, and the function scanpy calls, so
+    values are equal).
+    """
+    factor = np.asarray(factor, dtype=out_dtype)
+    if columns is not None:
+        m = m[:, columns]
+    if rows is not None:
+        m, factor = m[rows], factor[rows]
+    values = _scale_values(m.indptr, m.data, factor)
+    np.log1p(values, out=values)
+    return sp.csr_array((values, m.indices, m.indptr), shape=m.shape)
 
 
 def _lognorm_pass(block, cell_keep, gene_keep, *, target_sum, out_dtype, expm1: bool):
     """Pass 2: per cell, the normalisation factor (1 for dropped cells); per gene, sum and sum
     of squares of the HVG values (``expm1`` of the logs for seurat) then of the logs (the
-    scaling statistics), rows laid out like scdask's HVG moments."""
-    m = csr(block)
+    scaling statistics) over the kept cells, rows laid out like scdask's HVG moments."""
+    m = _plain_csr(block)
     factor = _factors_over(m, gene_keep, target_sum=target_sum, out_dtype=out_dtype)
-    m, factor = m[cell_keep], np.where(cell_keep, factor, 1)
-    logged = _lognorm(m, factor[cell_keep], out_dtype=out_dtype)
+    factor = np.where(cell_keep, factor, 1).astype(factor.dtype)
+    logged = _lognorm(m, factor, out_dtype=out_dtype)
     dispersed = np.expm1(logged.data) if expm1 else logged.data
+    keep = np.asarray(cell_keep, dtype=bool)
+    sums = np.zeros((2, logged.shape[1], 2))
+    _add_moments(m.indptr, m.indices, dispersed, keep, sums[0])
+    _add_moments(m.indptr, m.indices, logged.data, keep, sums[1])
     out = np.zeros((_N_MOMENTS + 2, logged.shape[1]))
-    rows = ((_SUM, _SUMSQ, dispersed), (_N_MOMENTS, _N_MOMENTS + 1, logged.data))
-    for row, row_sq, values in rows:
-        # squares in the data dtype, summed in float64: scanpy's arithmetic
-        squares = (values * values).astype(np.float64)
-        weights = values.astype(np.float64)
-        out[row] = np.bincount(logged.indices, weights=weights, minlength=m.shape[1])
-        out[row_sq] = np.bincount(logged.indices, weights=squares, minlength=m.shape[1])
+    out[[_SUM, _SUMSQ]] = sums[0].T
+    out[[_N_MOMENTS, _N_MOMENTS + 1]] = sums[1].T
     return factor, out
 
 
-def scaled_shifted(block, factor, hvg, mean, std, *, out_dtype, max_value):
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _shifted_scores(indices, logged, mean, std, max_value):  # pragma: no cover (numba)
+    """Per stored value: ``clip((x - mean) / std) - clip(-mean / std)`` of its column, in
+    float64 (the same IEEE operations as the numpy expression, without its temporaries);
+    ``max_value < 0`` does not clip."""
+    out = np.empty(logged.shape[0])
+    for a in range(logged.shape[0]):
+        j = indices[a]
+        z = (np.float64(logged[a]) - mean[j]) / std[j]
+        zero = -mean[j] / std[j]
+        if max_value >= 0:
+            z = min(max(z, -max_value), max_value)
+            zero = min(max(zero, -max_value), max_value)
+        out[a] = z - zero
+    return out
+
+
+def scaled_shifted(block, factor, hvg, mean, std, *, out_dtype, max_value, rows=None):
     """``Y`` of one block: the clipped z-scores of the HVG columns minus their zero's value.
 
     ``Z = Y + 1cᵀ`` with ``c = clip(-mean/std)``; ``Y`` keeps the sparsity of the block.
-    ``factor`` holds the normalisation factors of the block's cells (from pass 2).
+    ``factor`` holds the normalisation factors of the block's cells (from pass 2); ``rows``
+    (boolean) keeps only those cells.
     """
-    m = csr(block)[:, hvg]
-    logged = _lognorm(m, factor.astype(out_dtype), out_dtype=out_dtype)
-    zero = -mean / std
-    z = (logged.data - mean[logged.indices]) / std[logged.indices]
-    if max_value is not None:
-        zero = np.clip(zero, -max_value, max_value)
-        z = np.clip(z, -max_value, max_value)
-    data = z - zero[logged.indices]
+    logged = _lognorm(_plain_csr(block), factor, out_dtype=out_dtype, columns=hvg, rows=rows)
+    clip = -1.0 if max_value is None else float(max_value)
+    data = _shifted_scores(logged.indices, logged.data, mean, std, clip)
     return sp.csr_array((data, logged.indices, logged.indptr), shape=logged.shape)
 
 
 def _scaled_gram(block, cell_keep, factor, hvg, mean, std, **kwargs):
-    y = scaled_shifted(block, factor, hvg, mean, std, **kwargs)
-    return gram_block(y[cell_keep])
+    return gram_block(scaled_shifted(block, factor, hvg, mean, std, rows=cell_keep, **kwargs))
 
 
 def _scaled_project(block, factor, hvg, mean, std, components, shift, **kwargs):
+    """Pass 4: the block's PCA coordinates, float32 as scanpy stores them (half the bytes
+    to gather)."""
     y = scaled_shifted(block, factor, hvg, mean, std, **kwargs)
-    return np.asarray(y @ components) - shift
+    return (np.asarray(y @ components) - shift).astype(np.float32)
 
 
 def recipe(
@@ -278,29 +412,31 @@ def recipe(
     # pass 3: Gram of the scaled, clipped HVG matrix (as Y = Z - 1cᵀ, sparse)
     scaled = {"out_dtype": dtype, "max_value": max_value}
     p = len(hvg)
-    (stacked,) = dask.compute(
+    (packed,) = dask.compute(
         sum_blocks(
             lazy,
             _scaled_gram,
-            (p + 1, p),
+            (gram_size(p),),
             rows=[cell_keep, factor],
             shared=[hvg, hvg_mean, hvg_std],
             **scaled,
         )
     )
-    gram, y_mean = stacked[:p], stacked[p] / n
+    gram, y_sums = unpack_gram(packed, p)
+    y_mean = y_sums / n
     cov = (gram - n * np.outer(y_mean, y_mean)) / (n - 1)
     variance, components = top_eigh(cov, n_comps)
     components = flip_signs(components)
 
-    # pass 4: projection
-    (x_pca,) = dask.compute(
+    # pass 4: projection (blocks joined here, not in a task on a worker: see scdask._compute)
+    (x_pca,) = compute(
         map_rows(
             lazy,
             _scaled_project,
             n_comps,
             rows=[factor],
             shared=[hvg, hvg_mean, hvg_std, components, y_mean @ components],
+            dtype=np.float32,
             **scaled,
         )
     )
