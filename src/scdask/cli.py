@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-rand",
         type=int,
-        default=100,
-        help="permutations (default: %(default)s, for a quick demo; secactpy's default is 1000)",
+        default=1000,
+        help="permutations (default: %(default)s, secactpy's default)",
     )
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
