@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import anndata as ad
+import dask.array as da
 import numpy as np
 import pytest
 import yaml
@@ -92,3 +93,21 @@ def test_run_writes_results_and_figures(tmp_path, capsys):
     for name in ["qc", "hvg", "pca", "umap", "activity_heatmap", "volcano", "umap_activity"]:
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_progress_bar_keeps_the_client_active():
+    """Inside the CLI's progress bar the cluster is still the active client (the writer's
+    window of futures and the broadcast activity model rely on it)."""
+    distributed = pytest.importorskip("distributed")
+    from scdask._compute import active_client
+    from scdask.cli import progress_bar
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, processes=False, threads_per_worker=1, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        with progress_bar(client):
+            assert active_client() is client
+            assert float(da.ones(10, chunks=5).sum().compute()) == 10.0

@@ -155,6 +155,10 @@ def progress_bar(client: Any) -> Iterator[None]:
         progress(list(flatten(futures)), notebook=False, minimum=1.0)
         return client.gather(futures)
 
+    # Like ``client.get``, this scheduler belongs to the client: scdask._compute.active_client
+    # must still find it (the writer's sliding window of futures and the broadcast activity
+    # model depend on it; without it the 37 MB SecAct model rode along with every window).
+    get.__self__ = client
     with dask.config.set(scheduler=get):
         yield
 
