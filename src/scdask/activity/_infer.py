@@ -29,6 +29,7 @@ from scdask.activity._ridge import (
     _as_dense,
     _check_dtype,
     _check_rng,
+    _plain,
     _tables,
     build_model,
     map_ridge,
@@ -214,13 +215,6 @@ def _task_blocks(x: da.Array) -> da.Array:
         k = -(-size // target)
         pieces += [size // k + (i < size % k) for i in range(k)] if size else [0]
     return x.rechunk({0: tuple(pieces)})
-
-
-def _plain(block):
-    """A block as plain scipy CSR or numpy (our kernels use scipy/numpy directly)."""
-    if sp.issparse(block):
-        return block.to_scipy() if hasattr(block, "to_scipy") else sp.csr_array(block)
-    return np.asarray(block)
 
 
 def _gene_sums(block) -> np.ndarray:

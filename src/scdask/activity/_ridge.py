@@ -429,11 +429,16 @@ def _t_test_stats(y: np.ndarray, model: Model) -> np.ndarray:
     return out
 
 
-def _as_dense(block) -> np.ndarray:
+def _plain(block):
+    """A block as plain scipy CSR or numpy (our kernels use scipy/numpy directly)."""
     if sp.issparse(block):
-        block = block.to_scipy() if hasattr(block, "to_scipy") else block
-        return block.toarray()
+        return block.to_scipy() if hasattr(block, "to_scipy") else sp.csr_array(block)
     return np.asarray(block)
+
+
+def _as_dense(block) -> np.ndarray:
+    block = _plain(block)
+    return block.toarray() if sp.issparse(block) else block
 
 
 def ridge_block(
@@ -494,9 +499,8 @@ def ridge_block(
         if transform is not None:
             targets = transform(part)
         elif sp.issparse(part):
-            plain = sp.csr_array(part.to_scipy() if hasattr(part, "to_scipy") else part)
-            ones = np.ones(plain.shape[0])
-            targets = SparseTargets(plain, ones, np.zeros_like(ones), None)
+            ones = np.ones(part.shape[0])
+            targets = SparseTargets(sp.csr_array(_plain(part)), ones, np.zeros_like(ones), None)
         else:
             targets = None
         if tables is not None and targets is not None and targets.shape[0] >= _MIN_SPARSE_ROWS:
