@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 import scdask.io._write as write_mod
 from scdask.io import CSCReadWarning, read_h5ad, read_zarr, write_h5ad, write_zarr
-from scdask.io._write import WriteOptions, computed_blocks, write_store
+from scdask.io._write import WriteOptions, _computed, write_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:Writing zarr v2 data")
 
@@ -289,6 +289,6 @@ def test_blocks_in_flight_are_bounded(tmp_path, monkeypatch):
 
 def test_computed_blocks_in_order():
     x = da.arange(30, chunks=3).reshape(10, 3).rechunk((2, 3))
-    blocks = list(computed_blocks(x, window=2))
+    blocks = list(_computed(list(x.to_delayed().ravel()), window=2))
     assert len(blocks) == 5
     np.testing.assert_array_equal(np.concatenate(blocks), np.arange(30).reshape(10, 3))

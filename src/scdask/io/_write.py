@@ -444,26 +444,21 @@ def _append(dset, values: np.ndarray) -> None:
 # -- computing blocks in order ---------------------------------------------------------------
 
 
-def computed_blocks(x: da.Array, window: int | None = None) -> Iterator:
-    """Yield the computed blocks of ``x`` in order, with at most about ``window`` in flight.
+def _computed(units: list, window: int | None) -> Iterator:
+    """Yield the values of the Delayed ``units`` in order, with about ``window`` in flight.
 
-    ``x`` must have one chunk along one of its axes. With a distributed Client the blocks
-    are futures in a sliding window; otherwise a window of blocks is computed in one
-    ``dask.compute`` on a background thread while the previous window is consumed.
-    ``window`` defaults to the number of worker threads (plus one with a Client).
+    With a distributed Client the units are futures in a sliding window; otherwise a window
+    of units is computed in one ``dask.compute`` on a background thread while the previous
+    window is consumed. ``window`` defaults to the number of worker threads (plus one with a
+    Client).
 
     Examples
     --------
-    >>> import dask.array as da, numpy as np
-    >>> x = da.arange(6, chunks=2).reshape(3, 2).rechunk((1, 2))
-    >>> [b.tolist() for b in computed_blocks(x, window=2)]
-    [[[0, 1]], [[2, 3]], [[4, 5]]]
+    >>> import dask.array as da
+    >>> x = da.arange(6, chunks=2)
+    >>> [b.tolist() for b in _computed(list(x.to_delayed()), window=2)]
+    [[0, 1], [2, 3], [4, 5]]
     """
-    return _computed(list(x.to_delayed().ravel()), window)
-
-
-def _computed(units: list, window: int | None) -> Iterator:
-    """The values of the Delayed ``units``, in order, about ``window`` in flight."""
     client = active_client()
     if client is not None:
         n = window or sum(client.nthreads().values()) + 1
