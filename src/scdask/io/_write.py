@@ -199,26 +199,22 @@ def _put(sinks: list, group, key: str, value, opts: WriteOptions) -> None:
         sink = _DenseSink if layout == "dense" else _SparseSink
         sinks.append(sink(group, key, value, layout, opts))
     else:
-        write_matrix(group, key, value, opts)
+        write_element(group, key, value, opts)
 
 
-def write_matrix(group, key: str, value, opts: WriteOptions) -> None:
-    """Write one element: a Dask array streamed block by block, anything else by anndata.
+def write_element(group, key: str, value, opts: WriteOptions) -> None:
+    """Write one element that is not streamed (in memory, or a small non-matrix Dask array)
+    through anndata.
 
     Examples
     --------
     >>> import h5py, numpy as np, os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "m.h5")
     >>> with h5py.File(path, "w") as f:
-    ...     write_matrix(f, "m", np.eye(2), WriteOptions())
+    ...     write_element(f, "m", np.eye(2), WriteOptions())
     ...     f["m"].attrs["encoding-type"]
     'array'
     """
-    if isinstance(value, da.Array) and value.ndim == 2:
-        sinks: list[_Sink] = []
-        _put(sinks, group, key, value, opts)
-        _stream(sinks, opts)
-        return
     if isinstance(value, da.Array):
         # Vectors and other non-matrix arrays are small: anndata writes them.
         (value,) = dask.compute(value)
