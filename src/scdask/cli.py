@@ -163,10 +163,17 @@ def progress_bar(client: Any) -> Iterator[None]:
         yield
 
 
-def _engine(launcher: dict[str, Any]) -> Any:
+@contextlib.contextmanager
+def _engine(launcher: dict[str, Any]) -> Iterator[Any]:
+    """The command's engine (a Client, or ``None`` for local threads), closed on the way out."""
     from scdask._pipeline import start_engine
 
-    return start_engine(launcher)
+    client = start_engine(launcher)
+    try:
+        yield client
+    finally:
+        if client is not None:
+            client.close()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -193,15 +200,11 @@ def _run_config(cfg: dict[str, Any]) -> int:
     from scdask._pipeline import run_pipeline
 
     t0 = time.perf_counter()
-    client = _engine(cfg["launcher"])
-    try:
+    with _engine(cfg["launcher"]) as client:
         written = run_pipeline(cfg, log=_log, progress=lambda name: progress_bar(client))
         if client is not None:
             peaks = client.run(_peak_rss_mib)
             _log("[scdask] worker peak RSS: " + ", ".join(f"{v:.0f} MiB" for v in peaks.values()))
-    finally:
-        if client is not None:
-            client.close()
     _log(
         f"[scdask] done in {time.perf_counter() - t0:.1f} s; wrote to {Path(cfg['output']).resolve()}:"
     )
@@ -213,22 +216,17 @@ def _run_config(cfg: dict[str, Any]) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     import scdask
 
-    client = _engine(args.launcher)
-    try:
-        with progress_bar(client):
-            adata = scdask.read_h5ad(args.input)
-            scdask.pp.recipe(
-                adata,
-                min_genes=args.min_genes,
-                min_cells=args.min_cells,
-                target_sum=args.target_sum,
-                n_top_genes=args.n_top_genes,
-                n_comps=args.n_comps,
-            )
-            scdask.write_h5ad(adata, args.output)
-    finally:
-        if client is not None:
-            client.close()
+    with _engine(args.launcher) as client, progress_bar(client):
+        adata = scdask.read_h5ad(args.input)
+        scdask.pp.recipe(
+            adata,
+            min_genes=args.min_genes,
+            min_cells=args.min_cells,
+            target_sum=args.target_sum,
+            n_top_genes=args.n_top_genes,
+            n_comps=args.n_comps,
+        )
+        scdask.write_h5ad(adata, args.output)
     _log(f"[scdask] wrote {args.output}")
     return 0
 
@@ -238,23 +236,18 @@ def _activity(args: argparse.Namespace) -> int:
 
     import scdask
 
-    client = _engine(args.launcher)
-    try:
-        with progress_bar(client):
-            res = scdask.activity.infer(
-                scdask.read_h5ad(args.input),
-                level=args.level,
-                cell_type_col=args.cell_type_col,
-                signature=args.signature,
-                n_rand=args.n_rand,
-                seed=args.seed,
-                rng=args.rng,
-                dtype=np.dtype(args.dtype),
-            )
-            scdask.write_h5ad(res, args.output)
-    finally:
-        if client is not None:
-            client.close()
+    with _engine(args.launcher) as client, progress_bar(client):
+        res = scdask.activity.infer(
+            scdask.read_h5ad(args.input),
+            level=args.level,
+            cell_type_col=args.cell_type_col,
+            signature=args.signature,
+            n_rand=args.n_rand,
+            seed=args.seed,
+            rng=args.rng,
+            dtype=np.dtype(args.dtype),
+        )
+        scdask.write_h5ad(res, args.output)
     _log(f"[scdask] wrote {args.output}: {res.n_obs:,} samples x {res.n_vars:,} proteins")
     return 0
 
