@@ -181,20 +181,9 @@ def _permutation_stats(
     m, n = y.shape
     p = tt.shape[1]
     beta = y @ tt
-    abs_beta = np.abs(beta)
     s1 = np.zeros((m, p), dtype=np.float64)
     s2 = np.zeros((m, p), dtype=np.float64)
     count = np.zeros((m, p), dtype=np.int64)
-    # Buffers are reused: fresh large arrays per permutation cost page faults.
-    scratch = np.empty((m, p), dtype=tt.dtype)
-    hit = np.empty((m, p), dtype=bool)
-
-    def accumulate(b: np.ndarray) -> None:
-        np.greater_equal(np.abs(b, out=scratch), abs_beta, out=hit)
-        np.add(count, hit, out=count)
-        np.add(s1, b, out=s1)
-        np.multiply(b, b, out=scratch)
-        np.add(s2, scratch, out=s2)
 
     # np.take(..., mode="clip") writes straight into ``out`` (mode="raise" buffers a copy);
     # the indices are permutations, so clipping never applies.
@@ -204,7 +193,7 @@ def _permutation_stats(
         b = np.empty((m, p), dtype=tt.dtype)
         for k in range(n_rand):
             np.take(tt, inverse[k], axis=0, out=t_perm, mode="clip")
-            accumulate(np.matmul(y, t_perm, out=b))
+            _accumulate(np.matmul(y, t_perm, out=b), beta, s1, s2, count)
     else:
         # Y-row form: β⁽ᵏ⁾ᵀ = T @ yᵀ[perm_k] (an n x m row gather); permutations side by side
         # in one wide GEMM.
@@ -219,21 +208,39 @@ def _permutation_stats(
                 np.take(y_t, forward[k0 + j], axis=0, out=y_perm[:, j, :], mode="clip")
             np.matmul(t, y_perm[:, :width].reshape(n, width * m), out=b[:, : width * m])
             for j in range(width):
-                accumulate(b[:, j * m : (j + 1) * m].T)
+                _accumulate(b[:, j * m : (j + 1) * m].T, beta, s1, s2, count)
     return _finish(beta, s1, s2, count, n_rand)
 
 
-def _finish(beta, s1, s2, count, n_rand: int) -> np.ndarray:
-    """``(m, 4, p)`` beta/se/zscore/pvalue from β and the sums over the permutations."""
-    out = np.empty((*beta.shape[:1], 4, beta.shape[1]), dtype=np.float64)
-    mean = s1 / n_rand
-    var = s2 / n_rand - mean**2
-    se = np.sqrt(np.maximum(var, 0.0))
-    out[:, 0] = beta
-    out[:, 1] = se
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[:, 2] = np.where(se > EPS, (beta - mean) / se, 0.0)
-    out[:, 3] = (count + 1.0) / (n_rand + 1.0)
+@numba.njit(nogil=True, cache=True)
+def _accumulate(b, beta, s1, s2, count):  # pragma: no cover (numba)
+    """Add one permutation's ``b`` to the running sums and exceedance counts in one
+    branch-free sweep that LLVM vectorises (numpy took six passes over ``m x p``, 5% of the
+    dense path at SecAct's size; this takes 1%)."""
+    for i in range(b.shape[0]):
+        b_i, beta_i, s1_i, s2_i, count_i = b[i], beta[i], s1[i], s2[i], count[i]
+        for j in range(b_i.shape[0]):
+            x = np.float64(b_i[j])
+            s1_i[j] += x
+            s2_i[j] += x * x
+            count_i[j] += np.int64(abs(x) >= abs(beta_i[j]))
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish(beta, s1, s2, count, n_rand):  # pragma: no cover (numba)
+    """``(m, 4, p)`` beta/se/zscore/pvalue from β and the sums over the permutations, in one
+    sweep (numpy's eight temporaries of ``m x p`` took 10% of a 20-permutation dense run)."""
+    m, p = beta.shape
+    out = np.empty((m, 4, p), dtype=np.float64)
+    for i in range(m):
+        for j in range(p):
+            b = np.float64(beta[i, j])
+            mean = s1[i, j] / n_rand
+            se = np.sqrt(max(s2[i, j] / n_rand - mean * mean, 0.0))
+            out[i, 0, j] = b
+            out[i, 1, j] = se
+            out[i, 2, j] = (b - mean) / se if se > EPS else 0.0
+            out[i, 3, j] = (count[i, j] + 1.0) / (n_rand + 1.0)
     return out
 
 
