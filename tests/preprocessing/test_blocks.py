@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 import scdask
 from scdask.preprocessing._blocks import block_tasks, map_rows, running_sum, sum_blocks
-from scdask.preprocessing._pca import gram_block, gram_size, unpack_gram
+from scdask.preprocessing._pca import DENSE_GRAM_DENSITY, gram_block, gram_size, unpack_gram
 from scdask.preprocessing._qc import _qc_cells, _qc_genes
 from scdask.preprocessing._recipe import _lognorm_pass, _qc_pass
 
@@ -31,6 +31,23 @@ def test_gram_block_equals_dense_product(density, use_cols):
     packed = gram_block(m, cols)
     assert packed.shape == (gram_size(dense.shape[1]),)
     gram, sums = unpack_gram(packed, dense.shape[1])
+    np.testing.assert_allclose(gram, dense.T @ dense, atol=1e-12)
+    np.testing.assert_allclose(sums, dense.sum(axis=0), atol=1e-12)
+
+
+@pytest.mark.parametrize("use_cols", [False, True])
+def test_gram_block_dense_columns_of_a_sparse_block(use_cols):
+    """A sparse block (7 % non-zero) whose 40 scattered columns are 60 % non-zero: those go
+    through BLAS, the pairs among the others through the sparse kernel; same product."""
+    rng = np.random.default_rng(3)
+    m = _random_csr(300, 600, 0.03, seed=3).toarray()
+    busy = rng.choice(600, 40, replace=False)
+    m[:, busy] = np.where(rng.random((300, 40)) < 0.6, rng.standard_normal((300, 40)), 0.0)
+    block = sp.csr_array(m)
+    assert block.nnz / m.size < DENSE_GRAM_DENSITY
+    cols = np.sort(rng.choice(600, 330, replace=False)) if use_cols else None
+    dense = m if cols is None else m[:, cols]
+    gram, sums = unpack_gram(gram_block(block, cols), dense.shape[1])
     np.testing.assert_allclose(gram, dense.T @ dense, atol=1e-12)
     np.testing.assert_allclose(sums, dense.sum(axis=0), atol=1e-12)
 
