@@ -4,7 +4,10 @@ On a distributed cluster, ``dask.compute(array)`` concatenates the blocks in a t
 worker and then sends the result: a 1,000,000 x 50 float64 PCA (400 MB) took that worker
 from 138 MB to 902 MB peak RSS (measured, LocalCluster of 2 processes). Per-cell results
 must not set a worker's memory, so every per-cell result here comes back block by block and
-is joined in the calling process, where it lands anyway.
+is joined in the calling process, where it lands anyway. With a Client each block is fetched
+as soon as it is ready and then released: ``dask.compute`` of the blocks would keep them all
+on the workers until the last one is done (at 1,000,000 cells the recipe's float32
+projection, 200 MB, took the largest worker from 466 MB at 100,000 cells to 610 MB).
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ def compute(*collections):
         else:
             plans.append((None, len(flat)))
             flat.append(obj)
-    results = dask.compute(*flat)
+    client = active_client()
+    results = dask.compute(*flat) if client is None else _fetch_as_completed(client, flat)
     out = []
     for shape, start in plans:
         if shape is None:
@@ -78,3 +82,19 @@ def compute(*collections):
         parts.ravel()[:] = results[start : start + parts.size]
         out.append(da.core.concatenate3(parts.tolist()))
     return tuple(out)
+
+
+def _fetch_as_completed(client, objects: list) -> list:
+    """``objects`` computed on ``client``, each result fetched as soon as it is ready and its
+    future dropped then, so that the worker frees it."""
+    from distributed import Future, as_completed
+
+    results = client.compute(objects)
+    where = {id(f): i for i, f in enumerate(results) if isinstance(f, Future)}
+    pending = [results[i] for i in where.values()]
+    for i in where.values():
+        results[i] = None
+    for future, value in as_completed(pending, with_results=True):
+        results[where[id(future)]] = value
+        future.release()
+    return results
