@@ -20,8 +20,8 @@ Cost is one ``m x n x p`` product per permutation, evaluated two ways:
   the entries are sorted by the row of ``Tᵀ`` they meet into buckets of rows
   (:func:`_bucket`), so that one bucket of one 64-protein tile stays in cache while every
   sample adds its entries from it, each sample's 64 sums held in vector registers
-  (:func:`_gather_add`). Sending the densest genes through BLAS instead was measured and
-  dropped: at most 5% faster, in noise.
+  (:func:`_gather_add`). Sending the densest genes through BLAS instead was measured with
+  the earlier, slower scatter kernel and dropped: at most 5% faster, in noise.
   The observed β runs through the same kernel as the permutations, so ``|β⁽ᵏ⁾| >= |β|``
   compares numbers summed the same way.
 """
@@ -68,7 +68,7 @@ _TILE = 64
 #: Rows of Tᵀ per bucket of the sparse kernel: 128 x 64 float64 (64 KiB) stay in L2 while
 #: every sample adds its entries from them (measured best of 64-1024 on real cells).
 _BUCKET_SHIFT = 7
-#: Fewer samples than this per chunk: the sparse kernel's per-permutation pass over all genes
+#: Fewer samples than this per chunk: the sparse kernel's per-permutation pass over all of Tᵀ
 #: costs more than it saves, so the targets are densified.
 _MIN_SPARSE_ROWS = 64
 
