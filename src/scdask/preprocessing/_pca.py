@@ -99,7 +99,7 @@ def _sparse_gram_upper(indptr, indices, data, tile, packed, sums):  # pragma: no
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _add_split_gram(dense, sparse, g_dd, g_sd, packed_ss, packed):  # pragma: no cover (numba)
+def _add_split_gram(dense, sparse, g_dd, g_sd, pairs, packed):  # pragma: no cover (numba)
     """Add the parts of a Gram matrix split by columns (``dense``/``sparse``, sorted column
     indices) into ``packed`` (upper triangle row by row, :func:`unpack_gram`)."""
     p = dense.shape[0] + sparse.shape[0]
@@ -118,7 +118,7 @@ def _add_split_gram(dense, sparse, g_dd, g_sd, packed_ss, packed):  # pragma: no
         i = sparse[s]
         base = i * p - i * (i + 1) // 2
         for t in range(s, sparse.shape[0]):
-            packed[base + sparse[t]] += packed_ss[k]
+            packed[base + sparse[t]] += pairs[k]
             k += 1
 
 
@@ -133,12 +133,12 @@ def _split_gram(m, out) -> None:
     d = by_column[:, dense].toarray()
     s = csr(by_column[:, sparse])
     s.sort_indices()
-    packed_ss = np.zeros(gram_size(sparse.size))
-    _sparse_gram_upper(s.indptr, s.indices, s.data, GRAM_TILE, packed_ss[: -sparse.size or None],
-                       packed_ss[packed_ss.size - sparse.size :])  # fmt: skip
-    _add_split_gram(dense, sparse, d.T @ d, np.asarray(s.T @ d), packed_ss, out[:-p])
+    pairs = np.zeros(sparse.size * (sparse.size + 1) // 2)
+    sums = np.zeros(sparse.size)
+    _sparse_gram_upper(s.indptr, s.indices, s.data, GRAM_TILE, pairs, sums)
+    _add_split_gram(dense, sparse, d.T @ d, np.asarray(s.T @ d), pairs, out[:-p])
     out[-p:][dense] = d.sum(axis=0)
-    out[-p:][sparse] = packed_ss[packed_ss.size - sparse.size :]
+    out[-p:][sparse] = sums
 
 
 def gram_size(p: int) -> int:
