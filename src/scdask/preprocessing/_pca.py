@@ -48,8 +48,8 @@ DENSE_GRAM_DENSITY = 0.15
 #: products with each other as one dense product, with the other columns as one sparse x dense
 #: product; only the pairs among the other columns run in the sparse kernel. Measured on a
 #: scaled 4,264 x 2,000 HVG block of the synthetic 100k data (9.5 % non-zero; 215 columns
-#: above 20 % hold 44 % of the non-zeros), one BLAS thread as in a worker: 0.18 s without the
-#: split, 0.10 s with it at shares 0.13-0.3, 0.15 s at 0.1, 0.15 s at 0.5.
+#: above 20 % hold 44 % of the non-zeros), one BLAS thread as in a worker: 0.18-0.20 s without
+#: the split, 0.10-0.13 s with it at shares 0.13-0.3, 0.15 s at 0.1 and at 0.5 (two runs).
 DENSE_COLUMN_SHARE = 0.2
 
 #: Columns per output tile of the sparse Gram kernel: a 256 x 256 float64 tile (512 KiB) stays
