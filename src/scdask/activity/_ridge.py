@@ -362,13 +362,10 @@ def _bucket(indptr, cols, vals, inverse, ptr, rows, out_vals):
     """
     m = indptr.shape[0] - 1
     n_buckets = ptr.shape[0]
-    where = np.empty(indptr[m], dtype=np.int32)
     cursor = np.zeros((m, n_buckets), dtype=np.int64)
     for c in range(m):
         for e in range(indptr[c], indptr[c + 1]):
-            r = inverse[cols[e]]
-            where[e] = r
-            cursor[c, r >> _BUCKET_SHIFT] += 1
+            cursor[c, inverse[cols[e]] >> _BUCKET_SHIFT] += 1
     start = 0
     for b in range(n_buckets):
         for c in range(m):
@@ -378,7 +375,7 @@ def _bucket(indptr, cols, vals, inverse, ptr, rows, out_vals):
         ptr[b, m] = start
     for c in range(m):
         for e in range(indptr[c], indptr[c + 1]):
-            r = where[e]
+            r = inverse[cols[e]]
             b = r >> _BUCKET_SHIFT
             q = cursor[c, b]
             rows[q] = r
