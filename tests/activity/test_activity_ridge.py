@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from scdask._ops import CSRBlock
 from scdask.activity import SparseTargets, build_model, projection_matrix, ridge, ridge_block
-from scdask.activity._ridge import _MIN_SPARSE_ROWS, _TILE, _tables
+from scdask.activity._ridge import _MIN_SPARSE_ROWS, _TILE, _aligned_zeros, _tables
 
 secactpy = pytest.importorskip("secactpy")
 
@@ -123,6 +123,16 @@ def test_sparse_targets_corrections_equal_dense_targets(sparse_problem):
     expected = ridge_block(targets.dense(), model, tables)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
     assert (got[3, 0] == 0).all() and (got[3, 3] == 1).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1,), (3, 5), (128, 64)])
+def test_kernel_buffers_are_cache_line_aligned(shape, dtype):
+    for _ in range(20):  # numpy's own buffers land on 16-byte boundaries, some on 64
+        buf = _aligned_zeros(shape, dtype)
+        assert buf.ctypes.data % 64 == 0
+        assert buf.shape == shape and buf.dtype == dtype and buf.flags.c_contiguous
+        assert not buf.any()
 
 
 def test_sparse_kernel_float32(sparse_problem):
