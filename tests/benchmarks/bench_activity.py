@@ -19,8 +19,8 @@ Three more tables follow:
 * float32 against float64: the largest |Δ zscore| and the share of p-values that differ;
 * the dense path (bulk/pseudobulk targets go through BLAS GEMMs): its GEMM rate against this
   machine's BLAS peak (a 4,096² GEMM), for float64 and float32, each the best of three runs;
-* memory against size (``--flat-cells``): ``infer`` → ``scdask.write_h5ad`` on a
-  ``LocalCluster`` of 2 worker processes x 1 thread, largest worker peak RSS per size.
+* memory against size (``--flat-cells``): ``infer`` → ``scdask.write_h5ad`` on
+  ``scdask.launch.local`` (2 worker processes x 1 thread), largest worker peak RSS per size.
 """
 
 from __future__ import annotations
@@ -94,17 +94,16 @@ def _run_engine(engine: str, path: str, n_rand: int, out_dir: str) -> dict:
 
 
 def _run_cluster(path: str, n_rand: int, out_dir: str) -> dict:
-    """infer → write_h5ad on a 2-worker LocalCluster; the largest worker peak RSS."""
+    """infer → write_h5ad on scdask's 2-worker LocalCluster; the largest worker peak RSS."""
     warnings.simplefilter("ignore")
-    from distributed import Client, LocalCluster
-
     import scdask
+    import scdask.launch
     from scdask.activity import infer
 
     def peak_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
+    with scdask.launch.local(n_workers=2, threads_per_worker=1) as client:
         start = time.perf_counter()
         res = infer(scdask.read_h5ad(path), level="cell", n_rand=n_rand)
         scdask.write_h5ad(res, os.path.join(out_dir, "result.h5ad"))
@@ -191,7 +190,9 @@ def main() -> None:
         for dtype, peak, rate in _gemm_rates(args.gemm_n_rand):
             print(f"{dtype:<10}{peak:>16.1f}{rate:>17.1f}{rate / peak:>9.0%}")
     if flat:
-        print("\nmemory against size (LocalCluster 2 workers x 1 thread, n_rand=20, written)")
+        print(
+            "\nmemory against size (scdask.launch.local, 2 workers x 1 thread, n_rand=20, written)"
+        )
         print(f"{'cells':>8}{'wall s':>9}{'worker peak MB':>16}")
         for n_cells, r in flat.items():
             print(f"{n_cells:>8}{r['wall']:>9.1f}{r['worker_peak_mb']:>16.0f}")

@@ -3,13 +3,14 @@
 On a synthetic CSR ``.h5ad`` (``scdask.datasets.synthetic``, 20,000 genes) each tool runs the
 chain in a fresh process, one after the other:
 
-* ``scdask``        ``scdask.pp.recipe`` (fused, 4 passes) on a ``LocalCluster`` of 2 worker
-  processes x 1 thread;
+* ``scdask``        ``scdask.pp.recipe`` (fused, 4 passes) on ``scdask.launch.local``: a
+  ``LocalCluster`` of 2 worker processes x 1 thread with scdask's worker heap settings;
 * ``scdask_steps``  the same chain with scdask's step-by-step public functions, same cluster;
 * ``scanpy``        scanpy in memory, ``pca(svd_solver="covariance_eigh")`` (its fastest exact
   solver; ``--scanpy-arpack`` adds scanpy's default ARPACK solver as ``scanpy_arpack``);
 * ``scanpy_dask``   scanpy on ``anndata.experimental.read_elem_lazy`` X (10,000-row CSR chunks),
-  same cluster kind, ``pca(svd_solver="covariance_eigh")`` (the default needs dask-ml);
+  a plain ``LocalCluster`` of the same size, ``pca(svd_solver="covariance_eigh")`` (the
+  default needs dask-ml);
 * ``anndataoom`` and ``crispyx`` when importable, driven as in PEERS_BENCHMARK.md
   (anndataoom has no seurat HVG: its ``chunked_mean_var`` + scdask's seurat binning; crispyx
   has no scale step and no total/%MT QC, so it does less work).
@@ -58,10 +59,18 @@ class Steps:
         self._last = now
 
 
-def _cluster():
+def _cluster(*, scdask_launcher: bool):
+    """2 worker processes x 1 thread, 6 GiB each: scdask's own launcher for scdask (with its
+    worker heap settings, :func:`scdask.launch.tune_heap`), distributed's defaults for peers."""
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="6GiB")
+    options = {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "6GiB"}
+    if scdask_launcher:
+        import scdask.launch
+
+        client = scdask.launch.local(**options)
+        return client.cluster, client
+    cluster = LocalCluster(processes=True, **options)
     return cluster, Client(cluster)
 
 
@@ -83,7 +92,7 @@ def _count_computes():
 def run_scdask(path: str, steps: Steps) -> tuple[np.ndarray, int]:
     import scdask
 
-    cluster, client = _cluster()
+    cluster, client = _cluster(scdask_launcher=True)
     steps.mark("cluster_start")
     adata = scdask.read_h5ad(path)
     steps.mark("read")
@@ -106,7 +115,7 @@ def run_scdask(path: str, steps: Steps) -> tuple[np.ndarray, int]:
 def run_scdask_steps(path: str, steps: Steps) -> tuple[np.ndarray, int]:
     import scdask
 
-    cluster, client = _cluster()
+    cluster, client = _cluster(scdask_launcher=True)
     calls = _count_computes()
     steps.mark("cluster_start")
     adata = scdask.read_h5ad(path)
@@ -165,7 +174,7 @@ def run_scanpy_dask(path: str, steps: Steps):
     import anndata as ad
     import h5py
 
-    cluster, client = _cluster()
+    cluster, client = _cluster(scdask_launcher=False)
     steps.mark("cluster_start")
     with h5py.File(path, "r") as f:
         x = ad.experimental.read_elem_lazy(f["X"], chunks=(10_000, -1))

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import platform
 import socket
+import subprocess
+import sys
 
 import dask
 import dask.array as da
 import numpy as np
 import psutil
 import pytest
+from distributed import Client, LocalCluster
 
 import scdask.launch
 from scdask.launch import local, machine_size
@@ -87,3 +92,59 @@ def test_public_surface_is_explicit():
         obj = getattr(scdask.launch, name)
         if callable(obj):
             assert obj.__doc__ and "Examples" in obj.__doc__, name
+
+
+def _heap_use() -> tuple[bool, bool]:
+    """Whether a 16 MiB array is mapped from the kernel, and whether, freed, it stays in the
+    heap (glibc's ``mallinfo2``)."""
+    import ctypes
+
+    class Info(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                         "uordblks", "fordblks", "keepcost")
+        ]  # fmt: skip
+
+    info = ctypes.CDLL("libc.so.6").mallinfo2
+    info.restype = Info
+    a = np.ones(2 * 2**20)
+    mapped = info().hblkhd >= a.nbytes
+    del a
+    return mapped, info().fordblks >= 2**24
+
+
+glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc heaps only")
+
+
+@glibc
+def test_set_heap_keeps_freed_blocks_under_the_nannys_setting(tmp_path):
+    """A Nanny's MALLOC_TRIM_THRESHOLD_=65536 maps every array above 128 KiB fresh from the
+    kernel and unmaps it when freed (a page fault per page on every use); after set_heap()
+    such arrays come from the heap and stay there when freed."""
+    script = tmp_path / "heap.py"
+    script.write_text(
+        "import sys\nimport numpy as np\nfrom scdask.launch._heap import set_heap\n"
+        + inspect.getsource(_heap_use)
+        + "if sys.argv[1] == 'tuned':\n    assert set_heap()\nprint(*_heap_use())\n"
+    )
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    got = {
+        mode: subprocess.run(
+            [sys.executable, str(script), mode], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        for mode in ("plain", "tuned")
+    }
+    assert got == {"plain": ["True", "False"], "tuned": ["False", "True"]}
+
+
+@glibc
+def test_launched_workers_keep_freed_blocks():
+    with local(n_workers=1, threads_per_worker=1) as client:
+        (tuned,) = client.run(_heap_use).values()
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster) as client:
+        (plain,) = client.run(_heap_use).values()
+        scdask.launch.tune_heap(client)  # a cluster started another way
+        (fixed,) = client.run(_heap_use).values()
+    assert plain == (True, False)
+    assert tuned == fixed == (False, True)

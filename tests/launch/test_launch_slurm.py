@@ -104,6 +104,8 @@ def test_slurm_function_end_to_end(slurm_ready, tmp_path):
         assert client.scheduler.address.startswith("tls://")
         (job_id,) = client.run(lambda: os.environ.get("SLURM_JOB_ID")).values()
         assert job_id in _running_job_ids()
+        plugins = client.run(lambda dask_worker: list(dask_worker.plugins))
+        assert all("scdask-heap" in names for names in plugins.values())  # tune_heap
         x = da.arange(10_000, chunks=1_000)
         assert int(client.compute((x * x).sum(), sync=True)) == sum(i * i for i in range(10_000))
     finally:

@@ -9,6 +9,9 @@ here (no other module imports a cluster class):
   (``pip install 'scdask[slurm]'``);
 - :func:`connect` — a client for a cluster started elsewhere (a scheduler address or file).
 
+The three launchers set the workers' heaps up for scdask's block-sized allocations
+(:func:`tune_heap`, which a cluster started another way can call too).
+
 Examples
 --------
 >>> import scdask.launch
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 from scdask.launch._connect import connect
 from scdask.launch._cuda import cuda
+from scdask.launch._heap import tune_heap
 from scdask.launch._local import local, machine_size
 from scdask.launch._profiles import (
     BUILTIN_PROFILES,
@@ -49,4 +53,5 @@ __all__ = [
     "slurm",
     "slurm_cluster",
     "temporary_security",
+    "tune_heap",
 ]

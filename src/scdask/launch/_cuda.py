@@ -9,6 +9,7 @@ from distributed import Client
 
 from scdask.launch._connect import announce
 from scdask.launch._connect import dashboard_address as _dashboard_address
+from scdask.launch._heap import tune_heap
 from scdask.launch._security import SecurityLike, resolve_security
 
 __all__ = ["cuda"]
@@ -96,6 +97,7 @@ def cuda(
     cluster = dask_cuda.LocalCUDACluster(**options)
     try:
         client = Client(cluster, security=sec) if sec is not None else Client(cluster)
+        tune_heap(client)
     except BaseException:
         cluster.close()
         raise

@@ -11,6 +11,7 @@ from distributed import Client, LocalCluster
 
 from scdask.launch._connect import announce
 from scdask.launch._connect import dashboard_address as _dashboard_address
+from scdask.launch._heap import tune_heap
 from scdask.launch._security import SecurityLike, resolve_security
 
 __all__ = ["local", "machine_size"]
@@ -135,6 +136,7 @@ def local(
     cluster = LocalCluster(**options)
     try:
         client = Client(cluster, security=sec) if sec is not None else Client(cluster)
+        tune_heap(client)
     except BaseException:
         cluster.close()
         raise

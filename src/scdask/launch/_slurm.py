@@ -10,6 +10,7 @@ from distributed import Client
 
 from scdask.launch._connect import announce
 from scdask.launch._connect import dashboard_address as _dashboard_address
+from scdask.launch._heap import tune_heap
 from scdask.launch._profiles import resolve_profile
 from scdask.launch._security import SecurityLike, resolve_security
 
@@ -250,6 +251,7 @@ def slurm(
                 raise ValueError(f"jobs must be >= 0, got {n}")
             cluster.scale(jobs=n)
         client = Client(cluster, security=cluster.security)
+        tune_heap(client)
     except BaseException:
         cluster.close()
         raise
