@@ -114,7 +114,11 @@ def _heap_use() -> tuple[bool, bool]:
     return mapped, info().fordblks >= 2**24
 
 
-glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc heaps only")
+_libc, _version = platform.libc_ver()
+glibc = pytest.mark.skipif(
+    _libc != "glibc" or tuple(int(v) for v in _version.split(".")[:2]) < (2, 33),
+    reason="glibc heaps only (mallinfo2: glibc >= 2.33)",
+)
 
 
 @glibc
