@@ -85,6 +85,9 @@ def test_scheduler_and_workers_as_sbatch_jobs(slurm_ready, tmp_path):
             assert sorted(rank for _, rank in env_of.values()) == ["0", "1"]
             # memory limit: 2G per node / 2 tasks = 1024 MB each
             assert {w["memory_limit"] for w in workers.values()} == {1024 * 10**6}
+            # the workers' heaps are tuned (scdask.launch.tune_heap's preload)
+            preloads = client.run(lambda dask_worker: [p.name for p in dask_worker.preloads])
+            assert all("scdask.launch._heap" in names for names in preloads.values()), preloads
 
             x = da.random.default_rng(7).standard_normal((3000, 40), chunks=(300, 40))
             y = (x**2).sum(axis=1)

@@ -55,12 +55,19 @@ class HeapPlugin(WorkerPlugin):
         set_heap()
 
 
+def dask_setup(worker) -> None:
+    """``dask worker --preload scdask.launch._heap``: :func:`set_heap` in that worker
+    (``deploy/slurm/workers.sbatch`` starts its workers so)."""
+    set_heap()
+
+
 def tune_heap(client: Client) -> None:
     """Let the workers of ``client``'s cluster reuse freed block memory (glibc heaps).
 
     The launchers (:func:`~scdask.launch.local`, :func:`~scdask.launch.cuda`,
     :func:`~scdask.launch.slurm`) call this; call it yourself on a cluster you started
-    another way. Workers that join later get it too. On other C libraries it does nothing.
+    another way (or start its workers with ``--preload scdask.launch._heap``). Workers that
+    join later get it too. On other C libraries it does nothing.
 
     Parameters
     ----------
