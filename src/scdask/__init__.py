@@ -20,9 +20,11 @@ from scdask import (
     plotting,
 )
 from scdask import preprocessing as pp
+from scdask._errors import InputError
 from scdask.io import read_h5ad, read_zarr, write_h5ad, write_zarr
 
 __all__ = [
+    "InputError",
     "activity",
     "datasets",
     "io",

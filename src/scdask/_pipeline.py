@@ -18,6 +18,8 @@ import anndata as ad
 import numpy as np
 import yaml
 
+from scdask._errors import InputError
+
 __all__ = ["DEFAULT_CONFIG", "load_config", "run_pipeline"]
 
 #: Every key the pipeline understands, with its default. ``input: sample`` is the bundled data.
@@ -53,7 +55,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 _LAUNCHERS = ("local", "cuda", "slurm", "connect", "none")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """The run configuration names an unknown key or holds a bad value."""
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scdask._compute import active_client
+from scdask._errors import InputError
 from scdask._ops import CSRBlock
 from scdask.activity._results import make_result
 from scdask.activity._ridge import (
@@ -68,7 +69,7 @@ def _signature_matrix(
     if sig_filter:
         sig = sig.loc[:, sig.columns.isin(pd.Index(genes))]
         if sig.shape[1] == 0:
-            raise ValueError(
+            raise InputError(
                 "sig_filter=True kept no protein: no protein name is a gene of the data"
             )
     return (group_signatures(sig, group_cor) if group else sig), group
@@ -81,7 +82,7 @@ def _overlap(genes: pd.Index, sig: pd.DataFrame, gene_order: str) -> pd.Index:
     elif gene_order == "sorted":
         common = pd.Index(sorted(common))
     if len(common) < 2:
-        raise ValueError(
+        raise InputError(
             f"only {len(common)} of the data's {len(genes)} genes are among the signature's "
             f"{len(sig.index)} genes; at least 2 are needed (check gene symbols)"
         )
@@ -110,7 +111,7 @@ def _run_dense(
 ) -> ad.AnnData:
     if y.index.has_duplicates:
         dups = y.index[y.index.duplicated()].unique()
-        raise ValueError(
+        raise InputError(
             f"{len(dups)} duplicated gene names in the expression (e.g. {list(dups[:3])}); "
             "make them unique first (secactpy's file loader keeps the first occurrence)"
         )
@@ -135,7 +136,7 @@ def _differential(data: pd.DataFrame, control, *, differential, paired, single_s
     if paired:
         missing = [c for c in data.columns if c not in control.columns]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"paired=True but {len(missing)} of {data.shape[1]} columns have no control "
                 f"column of the same name (e.g. {missing[:3]})"
             )
@@ -438,9 +439,9 @@ def infer(
     (1170, 5)
     """
     if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        raise InputError(f"level must be one of {LEVELS}, got {level!r}")
     if gene_order not in GENE_ORDERS:
-        raise ValueError(f"gene_order must be one of {GENE_ORDERS}, got {gene_order!r}")
+        raise InputError(f"gene_order must be one of {GENE_ORDERS}, got {gene_order!r}")
     _check_rng(rng, n_rand)
     dtype = _check_dtype(dtype)
     params = {
@@ -466,12 +467,12 @@ def infer(
         return _run_dense(y, sig, grouped, **run)
 
     if control is not None or paired or differential or single_sample:
-        raise ValueError(
+        raise InputError(
             "control, paired, differential and single_sample apply to level='bulk' only "
             "(cell and spot levels centre on the mean over all cells)"
         )
     if level == "spot" and cell_type_col is not None:
-        raise ValueError(
+        raise InputError(
             "per-type aggregation of spots (secactpy's is_spot_level=False) is not "
             "supported; run level='spot' and average the result per type"
         )
@@ -498,7 +499,7 @@ def infer(
 
     if level == "pseudobulk":
         if cell_type_col is None or cell_type_col not in adata.obs.columns:
-            raise ValueError(
+            raise InputError(
                 f"level='pseudobulk' needs cell_type_col naming an obs column; got "
                 f"{cell_type_col!r} (columns: {list(adata.obs.columns)})"
             )
@@ -518,12 +519,12 @@ def infer(
     sums, n_full, n_empty, n_bad = stats[:-3], int(stats[-3]), int(stats[-2]), int(stats[-1])
     what = "spots" if level == "spot" else "cells"
     if n_bad:
-        raise ValueError(
+        raise InputError(
             f"level={level!r} expects raw counts, but {n_bad} stored values are negative or "
             "not integers (normalised data?); pass the counts (layer=..., use_raw=...)"
         )
     if n_full == 0:
-        raise ValueError(f"every one of the {n_empty} {what} has zero counts")
+        raise InputError(f"every one of the {n_empty} {what} has zero counts")
     if n_empty:
         warnings.warn(
             f"{n_empty} {what} have no counts: they get beta=0, se=0, zscore=0, pvalue=1 and "

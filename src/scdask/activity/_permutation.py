@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from scdask._config import cache_dir
+from scdask._errors import InputError
 from scdask._files import atomic_target
 
 __all__ = ["RNG_METHODS", "permutation_table"]
@@ -277,9 +278,9 @@ def permutation_table(
     [16, 8, 0, 2, 18, 7, 10, 3, 11, 15, 14, 5, 6, 1, 19, 12, 4, 9, 13, 17]
     """
     if rng not in RNG_METHODS:
-        raise ValueError(f"rng must be one of {RNG_METHODS}, got {rng!r}")
+        raise InputError(f"rng must be one of {RNG_METHODS}, got {rng!r}")
     n_genes, n_rand, seed = int(n_genes), int(n_rand), int(seed)
     if n_genes < 1 or n_rand < 0:
-        raise ValueError(f"need n_genes >= 1 and n_rand >= 0, got {n_genes} and {n_rand}")
+        raise InputError(f"need n_genes >= 1 and n_rand >= 0, got {n_genes} and {n_rand}")
     table = _forward_table(n_genes, n_rand, seed, rng, cache)
     return _inverse(table) if inverse else table

@@ -52,6 +52,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from scdask._compute import active_client
+from scdask._errors import InputError
 from scdask.activity._permutation import RNG_METHODS, _inverse, permutation_table
 
 __all__ = [
@@ -738,15 +739,15 @@ def shared(func: Callable, *args, **kwargs):
 
 def _check_rng(rng: str, n_rand: int) -> None:
     if rng not in RNG_METHODS:
-        raise ValueError(f"rng must be one of {RNG_METHODS}, got {rng!r}")
+        raise InputError(f"rng must be one of {RNG_METHODS}, got {rng!r}")
     if n_rand < 0:
-        raise ValueError(f"n_rand must be >= 0, got {n_rand}")
+        raise InputError(f"n_rand must be >= 0, got {n_rand}")
 
 
 def _check_dtype(dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype not in (np.float64, np.float32):
-        raise ValueError(f"dtype must be float64 or float32, got {dtype}")
+        raise InputError(f"dtype must be float64 or float32, got {dtype}")
     return dtype
 
 
@@ -810,7 +811,7 @@ def ridge(
     x = np.asarray(x, dtype=np.float64)
     n, p = x.shape
     if y.shape[1] != n:
-        raise ValueError(f"y has {y.shape[1]} genes (columns) but x has {n} rows")
+        raise InputError(f"y has {y.shape[1]} genes (columns) but x has {n} rows")
     if isinstance(y, da.Array):
         model = shared(build_model, x, lambda_, t_test=n_rand == 0)
         tables = shared(_tables, n, n_rand, seed, rng) if n_rand else None

@@ -43,6 +43,7 @@ import scipy.sparse as sp
 from anndata.io import write_elem
 from scipy.special import ndtr, ndtri
 
+from scdask._errors import InputError
 from scdask._files import atomic_target
 from scdask.datasets._sample import sample
 
@@ -450,11 +451,11 @@ def synthetic(
     True
     """
     if min(n_cells, n_genes, chunk_cells, n_jobs) < 1:
-        raise ValueError("n_cells, n_genes, chunk_cells and n_jobs must be positive")
+        raise InputError("n_cells, n_genes, chunk_cells and n_jobs must be positive")
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise InputError(f"seed must be non-negative, got {seed}")
     if n_genes > _MAX_GENES:
-        raise ValueError(f"n_genes must be at most {_MAX_GENES:,}, got {n_genes:,}")
+        raise InputError(f"n_genes must be at most {_MAX_GENES:,}, got {n_genes:,}")
     path = Path(path)
     model = _fit(n_genes)
     blocks_per_step = -(-chunk_cells // _RNG_BLOCK)

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from dask.base import tokenize
 from dask.utils import parse_bytes
 
+from scdask._errors import InputError
 from scdask._ops import CSRBlock
 from scdask.io._store import (
     MATRIX_ENCODINGS,
@@ -179,7 +180,7 @@ def lazy_matrix(source: MatrixSource, chunk_size: int | str = "auto") -> da.Arra
     n_rows, n_cols = source.shape
     rows = auto_rows(source) if chunk_size == "auto" else int(chunk_size)
     if rows <= 0:
-        raise ValueError(f"chunk_size must be a positive number of rows or 'auto', got {rows}.")
+        raise InputError(f"chunk_size must be a positive number of rows or 'auto', got {rows}.")
     bounds = [*list(range(0, n_rows, rows)), n_rows]
     chunks = (tuple(np.diff(bounds).tolist()) or (0,), (n_cols,))
     mtime = os.stat(source.path).st_mtime_ns

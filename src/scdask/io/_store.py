@@ -10,13 +10,15 @@ from typing import Literal
 
 import h5py
 
+from scdask._errors import InputError
+
 Format = Literal["h5ad", "zarr"]
 
 #: Encodings of a matrix element that scdask reads lazily.
 MATRIX_ENCODINGS = ("csr_matrix", "csc_matrix", "array")
 
 
-class FileFormatError(ValueError):
+class FileFormatError(InputError):
     """The file is not a readable AnnData store (not HDF5/zarr, truncated, no X, bad encoding...)."""
 
 

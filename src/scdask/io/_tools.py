@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from dask.utils import format_bytes, parse_bytes
 
+from scdask._errors import InputError
 from scdask.io._read import (
     CSCReadWarning,
     MatrixSource,
@@ -143,7 +144,7 @@ def convert(
     True
     """
     if layout not in ("csr", "csc"):
-        raise ValueError(f"layout must be 'csr' or 'csc', got {layout!r}.")
+        raise InputError(f"layout must be 'csr' or 'csc', got {layout!r}.")
     budget = parse_bytes(memory) if isinstance(memory, str) else int(memory)
     adata, fmt, spath = _read_lazy(path)
     with open_store(spath, fmt) as f:
@@ -174,7 +175,7 @@ def _indexer(selection, n: int, axis: str):
     sel = np.asarray(sel)
     if sel.dtype == bool:
         if sel.shape != (n,):
-            raise ValueError(
+            raise InputError(
                 f"The {axis} mask has {sel.size} entries but the file has {n} {axis}; "
                 f"pass a boolean mask of length {n} or integer positions."
             )
@@ -358,12 +359,12 @@ def _validate_table(df, key: str, index: pd.Index, path: str) -> None:
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{key} must be a pandas DataFrame, got {type(df).__name__}.")
     if len(df) != len(index):
-        raise ValueError(
+        raise InputError(
             f"The new {key} table has {len(df)} rows but {path!r} has {len(index)} {key}; "
             "the table must have one row per entry, in the file's order."
         )
     if not df.index.astype(str).equals(index.astype(str)):
-        raise ValueError(
+        raise InputError(
             f"The index of the new {key} table differs from the {key} names in {path!r}; "
             f"rows must line up with X. Align it first: "
             f"df = df.reindex(scdask.read_h5ad(path).{key}_names)."

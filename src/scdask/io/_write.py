@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scdask._compute import active_client
+from scdask._errors import InputError
 from scdask._files import atomic_target
 from scdask._ops import CSCBlock, CSRBlock
 from scdask.io._read import MatrixSource
@@ -98,7 +99,7 @@ def write_h5ad(
     (559, 32786)
     """
     if compression not in (None, "gzip", "lzf"):
-        raise ValueError(f"compression must be None, 'gzip' or 'lzf', got {compression!r}.")
+        raise InputError(f"compression must be None, 'gzip' or 'lzf', got {compression!r}.")
     write_store(
         adata, path, "h5ad", WriteOptions({"compression": compression} if compression else {})
     )
@@ -269,7 +270,7 @@ def _refuse_self_overwrite(adata: ad.AnnData, target: Path) -> None:
     for source in sources_of(adata):
         with contextlib.suppress(OSError):
             if os.path.samefile(source, target):
-                raise ValueError(
+                raise InputError(
                     f"Cannot write to {str(target)!r}: this AnnData still reads its matrices "
                     "from that file, so replacing it would corrupt the result. Write to a new "
                     "path, then move the new file onto the old one."

@@ -10,6 +10,7 @@ from pathlib import Path
 import dask.config
 from distributed import Client
 
+from scdask._errors import InputError
 from scdask.launch._security import SecurityLike, resolve_security
 
 __all__ = ["connect"]
@@ -73,7 +74,7 @@ def connect(
     6
     """
     if security is True:
-        raise ValueError(
+        raise InputError(
             "connect() needs the certificate the cluster was started with: pass its folder, "
             "files or Security object, not True"
         )
@@ -90,7 +91,7 @@ def connect(
         with path.open() as f:
             info = json.load(f)
         if "address" not in info:
-            raise ValueError(f"{path} is not a dask scheduler file (no 'address' key)")
+            raise InputError(f"{path} is not a dask scheduler file (no 'address' key)")
         client = Client(scheduler_file=str(path), **kwargs)
     elif "://" not in target and (target.endswith(".json") or os.sep in target):
         raise FileNotFoundError(f"scheduler file not found: {path}")

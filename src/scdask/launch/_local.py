@@ -9,6 +9,7 @@ import dask.config
 import psutil
 from distributed import Client, LocalCluster
 
+from scdask._errors import InputError
 from scdask.launch._connect import announce
 from scdask.launch._connect import dashboard_address as _dashboard_address
 from scdask.launch._heap import tune_heap
@@ -64,7 +65,7 @@ def machine_size(
     if n_workers is None:
         n_workers = max(1, cpus // threads_per_worker)
     if n_workers < 1 or threads_per_worker < 1:
-        raise ValueError(
+        raise InputError(
             f"n_workers and threads_per_worker must be >= 1, got {n_workers}, {threads_per_worker}"
         )
     if memory_limit is None:

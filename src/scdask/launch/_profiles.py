@@ -21,6 +21,8 @@ from typing import Any
 import dask.config
 import yaml
 
+from scdask._errors import InputError
+
 __all__ = ["BUILTIN_PROFILES", "list_profiles", "load_profiles", "resolve_profile"]
 
 #: Profiles that ship with scdask. ``deploy/slurm/jobqueue.yaml`` repeats them (a test checks
@@ -89,13 +91,13 @@ def load_profiles(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     with Path(path).expanduser().open() as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a mapping of profiles, got {type(data).__name__}")
+        raise InputError(f"{path}: expected a mapping of profiles, got {type(data).__name__}")
     if "scdask" in data:
         data = (data.get("scdask") or {}).get("launch", {}).get("profiles", {}) or {}
     out: dict[str, dict[str, Any]] = {}
     for name, settings in data.items():
         if not isinstance(settings, Mapping):
-            raise ValueError(f"{path}: profile {name!r} must be a mapping, got {settings!r}")
+            raise InputError(f"{path}: profile {name!r} must be a mapping, got {settings!r}")
         out[str(name)] = dict(settings)
     return out
 

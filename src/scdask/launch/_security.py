@@ -21,6 +21,8 @@ from typing import Any
 import dask.config
 from distributed.security import Security
 
+from scdask._errors import InputError
+
 __all__ = ["SecurityLike", "certificate_files", "resolve_security", "temporary_security"]
 
 #: What the ``security=`` argument of the launchers accepts.
@@ -227,7 +229,7 @@ def resolve_security(
     if isinstance(security, Mapping):
         unknown = set(security) - {"ca_file", "cert", "key"}
         if unknown or "ca_file" not in security or "cert" not in security:
-            raise ValueError(
+            raise InputError(
                 "security mapping needs the keys 'ca_file' and 'cert' (and optionally 'key'), "
                 f"got {sorted(security)}"
             )

@@ -8,6 +8,7 @@ from typing import Any
 
 from distributed import Client
 
+from scdask._errors import InputError
 from scdask.launch._connect import announce
 from scdask.launch._connect import dashboard_address as _dashboard_address
 from scdask.launch._heap import tune_heap
@@ -49,10 +50,10 @@ def _cluster_kwargs(
     profile_gpus = settings.pop("gpus_per_job", 0) or 0
     gpus = int(profile_gpus if gpus_per_job is None else gpus_per_job)
     if gpus < 0:
-        raise ValueError(f"gpus_per_job must be >= 0, got {gpus}")
+        raise InputError(f"gpus_per_job must be >= 0, got {gpus}")
 
     if settings.get("cores") is None or settings.get("memory") is None:
-        raise ValueError(
+        raise InputError(
             "a SLURM job needs 'cores' and 'memory': choose a profile that sets them "
             "(scdask.launch.list_profiles()) or pass cores=..., memory=..."
         )
@@ -62,7 +63,7 @@ def _cluster_kwargs(
     if "--mem" in skip and not any(d.lstrip().startswith("--mem-per-") for d in directives):
         # Without --mem, CR_Core_Memory sites give the job the whole node's memory and the
         # next job pends. Only drop it when another memory request replaces it.
-        raise ValueError(
+        raise InputError(
             "job_directives_skip=['--mem'] leaves the job without a memory request; keep "
             "--mem, or add a replacement such as job_extra_directives=['--mem-per-gpu=32G']"
         )
@@ -236,19 +237,19 @@ def slurm(
     """
     adaptive = minimum_jobs is not None or maximum_jobs is not None
     if adaptive and jobs is not None:
-        raise ValueError("pass either jobs= or minimum_jobs=/maximum_jobs=, not both")
+        raise InputError("pass either jobs= or minimum_jobs=/maximum_jobs=, not both")
     cluster = slurm_cluster(profile, gpus_per_job=gpus_per_job, security=security, **overrides)
     try:
         if adaptive:
             low = int(minimum_jobs or 0)
             high = int(maximum_jobs if maximum_jobs is not None else max(low, 1))
             if high < low:
-                raise ValueError(f"maximum_jobs ({high}) < minimum_jobs ({low})")
+                raise InputError(f"maximum_jobs ({high}) < minimum_jobs ({low})")
             cluster.adapt(minimum_jobs=low, maximum_jobs=high)
         else:
             n = 1 if jobs is None else int(jobs)
             if n < 0:
-                raise ValueError(f"jobs must be >= 0, got {n}")
+                raise InputError(f"jobs must be >= 0, got {n}")
             cluster.scale(jobs=n)
         client = Client(cluster, security=cluster.security)
         tune_heap(client)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdask._errors import InputError
 from scdask.plotting._figure import DIVERGING, GREY, finish, new_figure, to_numpy
 
 if TYPE_CHECKING:
@@ -67,15 +68,15 @@ def activity_heatmap(
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"frame must be a pandas DataFrame (proteins x groups), got {type(frame)}")
     if top < 1:
-        raise ValueError(f"top must be at least 1, got {top}")
+        raise InputError(f"top must be at least 1, got {top}")
     if frame.empty:
-        raise ValueError("frame is empty; expected proteins x groups")
+        raise InputError("frame is empty; expected proteins x groups")
     non_numeric = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
-        raise ValueError(f"frame must be numeric; columns {non_numeric} are not")
+        raise InputError(f"frame must be numeric; columns {non_numeric} are not")
     z = frame.to_numpy(dtype=float)
     if not np.isfinite(z).any():
-        raise ValueError("frame holds no finite value")
+        raise InputError("frame holds no finite value")
     strength = np.abs(np.where(np.isfinite(z), z, 0.0)).max(axis=1)
     chosen = np.argsort(-strength, kind="stable")[:top]
     z = z[chosen]
@@ -112,10 +113,10 @@ def _as_series(values, names, *, what: str) -> pd.Series:
         return values.astype(float)
     flat = to_numpy(values).reshape(-1).astype(float)
     if names is None:
-        raise ValueError(f"{what} is not a pandas Series; pass names= (one protein name each)")
+        raise InputError(f"{what} is not a pandas Series; pass names= (one protein name each)")
     names = pd.Index(names)
     if len(names) != flat.size:
-        raise ValueError(f"{what} has {flat.size} values but names has {len(names)}")
+        raise InputError(f"{what} has {flat.size} values but names has {len(names)}")
     return pd.Series(flat, index=names)
 
 
@@ -176,13 +177,13 @@ def volcano(
     5
     """
     if label_top < 0:
-        raise ValueError(f"label_top must be 0 or more, got {label_top}")
+        raise InputError(f"label_top must be 0 or more, got {label_top}")
     if not 0 < threshold < 1:
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        raise InputError(f"threshold must lie in (0, 1), got {threshold}")
     z = _as_series(zscore, names, what="zscore")
     p = _as_series(pvalue, names, what="pvalue")
     if len(z) != len(p) or not p.index.isin(z.index).all():
-        raise ValueError(
+        raise InputError(
             "zscore and pvalue must name the same proteins "
             f"({len(z)} and {len(p)} values; {int((~p.index.isin(z.index)).sum())} of pvalue's "
             "names are not in zscore)"
@@ -191,7 +192,7 @@ def volcano(
     keep = np.isfinite(z.to_numpy()) & np.isfinite(p.to_numpy())
     z, p = z[keep], p[keep]
     if ((p < 0) | (p > 1)).any():
-        raise ValueError("p-values must lie in [0, 1]")
+        raise InputError("p-values must lie in [0, 1]")
     positive = p[p > 0]
     floor = float(positive.min()) if len(positive) else np.finfo(float).tiny
     y = -np.log10(p.clip(lower=floor).to_numpy())

@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from scdask._errors import InputError
 from scdask.plotting._figure import DIVERGING, GREY, categories_of, finish, new_figure, to_numpy
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def _coordinates(adata: ad.AnnData, basis: str) -> tuple[np.ndarray, str]:
         raise KeyError(f"obsm has no {key!r}; {writer}. obsm holds: {list(adata.obsm.keys())}")
     emb = adata.obsm[key]
     if emb.ndim != 2 or emb.shape[1] < 2:
-        raise ValueError(f"obsm[{key!r}] has shape {emb.shape}; an embedding needs 2 columns")
+        raise InputError(f"obsm[{key!r}] has shape {emb.shape}; an embedding needs 2 columns")
     xy = to_numpy(emb.iloc[:, :2] if isinstance(emb, pd.DataFrame) else emb[:, :2])
     return xy.astype(float), key
 
@@ -63,7 +64,7 @@ def _column_of(values: ad.AnnData, name: str, layer: str | None, obs_names: pd.I
     if layer is None:
         matrix = values.X
         if matrix is None:
-            raise ValueError(f"values.X is empty; pass layer= one of {list(values.layers.keys())}")
+            raise InputError(f"values.X is empty; pass layer= one of {list(values.layers.keys())}")
     elif layer not in values.layers:
         raise KeyError(f"values has no layer {layer!r}; layers: {list(values.layers.keys())}")
     else:
@@ -74,7 +75,7 @@ def _column_of(values: ad.AnnData, name: str, layer: str | None, obs_names: pd.I
         return column
     where = values.obs_names.get_indexer(obs_names)
     if values.n_obs != len(obs_names) or (where < 0).any():
-        raise ValueError(
+        raise InputError(
             "values and adata must describe the same cells: their obs_names differ "
             f"({values.n_obs} vs {len(obs_names)} cells)"
         )
@@ -88,7 +89,7 @@ def _per_cell(color_values, obs_names: pd.Index) -> pd.Series:
         return color_values.reindex(obs_names)
     flat = to_numpy(color_values).reshape(-1)
     if flat.size != len(obs_names):
-        raise ValueError(f"color_values has {flat.size} values for {len(obs_names)} cells")
+        raise InputError(f"color_values has {flat.size} values for {len(obs_names)} cells")
     return pd.Series(flat, index=obs_names)
 
 
@@ -252,9 +253,9 @@ def embedding(
     >>> fig = plotting.embedding(adata, color_values=rng.normal(size=200), title="IL6 activity")
     """
     if color is not None and color_values is not None:
-        raise ValueError("pass either color or color_values, not both")
+        raise InputError("pass either color or color_values, not both")
     if values is not None and color is None:
-        raise ValueError("values= needs color= naming one of its var_names")
+        raise InputError("values= needs color= naming one of its var_names")
     xy, key = _coordinates(adata, basis)
     stored = None
     if color_values is not None:

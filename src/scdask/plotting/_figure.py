@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scdask._compute import compute
+from scdask._errors import InputError
 from scdask._files import atomic_target
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def categories_of(values: pd.Series, *, name: str) -> pd.Categorical:
     """``values`` as a categorical without unused categories; too many groups is an error."""
     cat = pd.Categorical(values).remove_unused_categories()
     if len(cat.categories) > MAX_GROUPS:
-        raise ValueError(
+        raise InputError(
             f"{name!r} has {len(cat.categories)} distinct values; group by a categorical column "
             f"with at most {MAX_GROUPS} values (cell types, clusters, samples)."
         )

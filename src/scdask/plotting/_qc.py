@@ -13,6 +13,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from scdask._errors import InputError
 from scdask.plotting._figure import (
     GREY,
     categories_of,
@@ -114,7 +115,7 @@ def qc(
     obs = frame_of(adata, "obs")
     keys = list(keys)
     if not keys:
-        raise ValueError("keys is empty; name at least one obs column to plot")
+        raise InputError("keys is empty; name at least one obs column to plot")
     require_columns(obs, keys, where="obs", writer=_QC_WRITER)
     if groupby is not None:
         require_columns(obs, [groupby], where="obs", writer="pass the name of an obs column")

@@ -6,6 +6,7 @@ import dask
 import numpy as np
 from anndata import AnnData
 
+from scdask._errors import InputError
 from scdask.preprocessing._blocks import csr, gene_partials, lazy_matrix, row_partials, sum_dtype
 
 __all__ = ["filter_cells", "filter_genes"]
@@ -27,7 +28,7 @@ def _gene_numbers(block, *, detected: bool) -> np.ndarray:
 def _one_option(kind: str, **options) -> tuple[str, float, bool]:
     given = {k: v for k, v in options.items() if v is not None}
     if len(given) != 1:
-        raise ValueError(
+        raise InputError(
             f"Give exactly one of {', '.join(f'`{k}`' for k in options)} per call "
             f"(got {', '.join(given) or 'none'}); call {kind} once per criterion."
         )

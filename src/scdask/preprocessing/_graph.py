@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import anndata as ad
 import pandas as pd
 
+from scdask._errors import InputError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -71,7 +73,7 @@ def _run_on_embedding(
 
 def _check_rep(adata: ad.AnnData, use_rep: str) -> None:
     if use_rep not in adata.obsm:
-        raise ValueError(
+        raise InputError(
             f"adata.obsm[{use_rep!r}] not found; run scdask.pp.pca first (the neighbour "
             "graph is built on the in-memory embedding, never on the lazy X)."
         )
@@ -156,7 +158,7 @@ def neighbors(
 def _check_neighbors(adata: ad.AnnData, neighbors_key: str | None) -> None:
     key = "neighbors" if neighbors_key is None else neighbors_key
     if key not in adata.uns:
-        raise ValueError(f"adata.uns[{key!r}] not found; run scdask.pp.neighbors first.")
+        raise InputError(f"adata.uns[{key!r}] not found; run scdask.pp.neighbors first.")
 
 
 def umap(

@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.stats import norm
 
+from scdask._errors import InputError
 from scdask.preprocessing._blocks import (
     csr,
     gene_partials,
@@ -364,7 +365,7 @@ def highly_variable_genes(
     if not isinstance(adata, AnnData):
         raise TypeError(f"highly_variable_genes needs an AnnData, got {type(adata).__name__}.")
     if flavor not in Flavor.__args__:
-        raise ValueError(f"Unknown flavor {flavor!r}; choose from {list(Flavor.__args__)}.")
+        raise InputError(f"Unknown flavor {flavor!r}; choose from {list(Flavor.__args__)}.")
     x = get_matrix(adata, layer=layer)
     lazy = lazy_matrix(x)
     n_groups, codes = _batches(adata, batch_key)
@@ -408,11 +409,11 @@ def highly_variable_genes(
     else:
         if flavor == "pearson_residuals":
             if n_top_genes is None:
-                raise ValueError("flavor='pearson_residuals' needs `n_top_genes`.")
+                raise InputError("flavor='pearson_residuals' needs `n_top_genes`.")
             if theta <= 0:
-                raise ValueError("Pearson residuals require theta > 0")
+                raise InputError("Pearson residuals require theta > 0")
             if clip is not None and clip < 0:
-                raise ValueError("Pearson residuals require `clip>=0` or `clip=None`.")
+                raise InputError("Pearson residuals require `clip>=0` or `clip=None`.")
         n_top_genes = 2000 if n_top_genes is None else n_top_genes
         graphs = [
             gene_partials(

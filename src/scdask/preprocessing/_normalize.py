@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from scdask._errors import InputError
 from scdask.preprocessing._blocks import (
     csr,
     gene_partials,
@@ -123,9 +124,9 @@ def normalize_total(
     10000.0
     """
     if copy and not inplace:
-        raise ValueError("`copy=True` cannot be used with `inplace=False`.")
+        raise InputError("`copy=True` cannot be used with `inplace=False`.")
     if not 0 <= max_fraction <= 1:
-        raise ValueError(f"max_fraction must be between 0 and 1, got {max_fraction}.")
+        raise InputError(f"max_fraction must be between 0 and 1, got {max_fraction}.")
     if copy:
         adata = adata.copy()
     x = get_matrix(adata, layer=layer)

@@ -24,6 +24,7 @@ import dask
 import numba
 import numpy as np
 
+from scdask._errors import InputError
 from scdask._ops import is_sparse_block
 from scdask.preprocessing._blocks import csr, get_matrix, lazy_matrix, map_rows, sum_blocks
 
@@ -309,7 +310,7 @@ def _resolve_mask(adata: ad.AnnData, mask_var, use_highly_variable: bool | None)
     auto = isinstance(mask_var, str) and mask_var == "auto"
     if use_highly_variable is not None:
         if not auto:
-            raise ValueError("Pass either mask_var or use_highly_variable, not both.")
+            raise InputError("Pass either mask_var or use_highly_variable, not both.")
         mask_var, auto = ("highly_variable" if use_highly_variable else None), False
     if auto:
         mask_var = "highly_variable" if "highly_variable" in adata.var.columns else None
@@ -317,7 +318,7 @@ def _resolve_mask(adata: ad.AnnData, mask_var, use_highly_variable: bool | None)
         return None, None
     mask = np.asarray(adata.var[mask_var] if isinstance(mask_var, str) else mask_var, dtype=bool)
     if mask.shape != (adata.n_vars,):
-        raise ValueError(
+        raise InputError(
             f"mask_var must have one entry per gene ({adata.n_vars}), got {mask.shape}."
         )
     return mask_var, mask
@@ -405,12 +406,12 @@ def pca(
     cols = None if mask is None else np.flatnonzero(mask)
     n_genes = x.shape[1] if cols is None else len(cols)
     if not 0 < n_comps <= min(x.shape[0], n_genes):
-        raise ValueError(
+        raise InputError(
             f"n_comps must be between 1 and min(n_obs, n_genes) = {min(x.shape[0], n_genes)}, "
             f"got {n_comps}."
         )
     if n_iter < 1:
-        raise ValueError(f"n_iter must be at least 1, got {n_iter}.")
+        raise InputError(f"n_iter must be at least 1, got {n_iter}.")
     if svd_solver == "auto":
         svd_solver = "covariance" if n_genes <= MAX_COVARIANCE_GENES else "randomized"
     if svd_solver == "covariance":
@@ -428,7 +429,7 @@ def pca(
             random_state=random_state,
         )
     else:
-        raise ValueError(
+        raise InputError(
             f"svd_solver must be 'auto', 'covariance' or 'randomized', got {svd_solver!r}."
         )
     shift = mean @ components if zero_center else np.zeros(n_comps)

@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from scdask._errors import InputError
 from scdask.preprocessing._blocks import (
     csr,
     gene_partials,
@@ -116,7 +117,7 @@ def annotate_gene_groups(
     """
     unknown = set(groups) - set(GENE_GROUPS)
     if unknown:
-        raise ValueError(f"Unknown gene groups {sorted(unknown)}; choose from {list(GENE_GROUPS)}.")
+        raise InputError(f"Unknown gene groups {sorted(unknown)}; choose from {list(GENE_GROUPS)}.")
     names = pd.Index(adata.var_names if gene_symbols is None else adata.var[gene_symbols])
     names = names.astype(str)
     for group in groups:

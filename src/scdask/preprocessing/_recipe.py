@@ -51,6 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scdask._compute import compute
+from scdask._errors import InputError
 from scdask.preprocessing._blocks import (
     csr,
     get_matrix,
@@ -338,7 +339,7 @@ def recipe(
     (4, 20)
     """
     if flavor not in ("seurat", "cell_ranger"):
-        raise ValueError(
+        raise InputError(
             f"recipe supports flavor='seurat' or 'cell_ranger', got {flavor!r}; run "
             "scdask.pp.highly_variable_genes step by step for the others."
         )
@@ -375,7 +376,7 @@ def recipe(
     gene_keep = kept_genes >= min_cells
     n = int(cell_keep.sum())
     if n < 2 or not gene_keep.any():
-        raise ValueError(
+        raise InputError(
             f"Filtering leaves {n} cells and {int(gene_keep.sum())} genes; lower min_genes/min_cells."
         )
 
@@ -408,7 +409,7 @@ def recipe(
     hvg = kept_index[highly_variable]
     hvg_mean, hvg_std = mean[highly_variable], std[highly_variable]
     if n_comps > min(n, len(hvg)):
-        raise ValueError(f"n_comps={n_comps} exceeds min(cells, HVGs) = {min(n, len(hvg))}.")
+        raise InputError(f"n_comps={n_comps} exceeds min(cells, HVGs) = {min(n, len(hvg))}.")
 
     # pass 3: Gram of the scaled, clipped HVG matrix (as Y = Z - 1cᵀ, sparse)
     scaled = {"out_dtype": dtype, "max_value": max_value}
