@@ -9,7 +9,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_target"]
+__all__ = ["INCOMPLETE", "MANIFEST", "atomic_target"]
+
+#: Written first into an output folder and removed last: its files are not a finished result.
+INCOMPLETE = "INCOMPLETE"
+#: Written last into an output folder: the finished files it holds, with sizes.
+MANIFEST = "manifest.json"
 
 
 def _remove(path: Path) -> None:
