@@ -61,6 +61,33 @@ def test_info_prints_the_layout(sample_path, capsys):
     assert "csr" in out.lower()
 
 
+def test_info_reads_files_without_x_and_activity_results(tmp_path, capsys):
+    import pandas as pd
+
+    import scdask
+
+    cells = tmp_path / "cells.h5ad"
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(12)])
+    var = pd.DataFrame(index=[f"g{i}" for i in range(4)])
+    ad.AnnData(obs=obs, var=var, obsm={"X_umap": np.zeros((12, 2))}).write_h5ad(cells)
+    assert main(["info", str(cells)]) == 0
+    out = capsys.readouterr().out
+    assert "no X (annotations only: 12 cells x 4 genes from obs/var; obsm: X_umap)" in out
+
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(50)]
+    sig = pd.DataFrame(rng.standard_normal((50, 2)), index=genes, columns=["P1", "P2"])
+    expr = pd.DataFrame(rng.standard_normal((50, 3)), index=genes, columns=list("abc"))
+    res = scdask.activity.infer(expr, level="bulk", signature=sig, group=False, n_rand=10)
+    scdask.write_h5ad(res, tmp_path / "act.h5ad")
+    assert main(["info", str(tmp_path / "act.h5ad")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "activity result (level=bulk, signature=custom, n_rand=10): 3 samples x 2 proteins" in out
+    )
+    assert "genes" not in out
+
+
 @pytest.mark.slow
 def test_run_writes_results_and_figures(tmp_path, capsys):
     cfg = {
@@ -95,19 +122,20 @@ def test_run_writes_results_and_figures(tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_progress_bar_keeps_the_client_active():
-    """Inside the CLI's progress bar the cluster is still the active client (the writer's
-    window of futures and the broadcast activity model rely on it)."""
-    distributed = pytest.importorskip("distributed")
+def test_progress_step_keeps_the_client_active():
+    """Inside a command's engine and progress step the cluster is the active client (the
+    writer's window of futures and the broadcast activity model rely on it)."""
+    pytest.importorskip("distributed")
     from scdask._compute import active_client
-    from scdask.cli import progress_bar
+    from scdask._progress import step
+    from scdask.cli import _engine
 
-    with (
-        distributed.LocalCluster(
-            n_workers=1, processes=False, threads_per_worker=1, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        with progress_bar(client):
-            assert active_client() is client
-            assert float(da.ones(10, chunks=5).sum().compute()) == 10.0
+    options = {"n_workers": 1, "threads_per_worker": 1, "processes": False}
+    with _engine({"kind": "local", "options": options}) as client:
+        try:
+            with step("compute", interval=0.05):
+                assert active_client() is client
+                assert float(da.ones(10, chunks=5).sum().compute()) == 10.0
+        finally:
+            client.cluster.close()
+    assert active_client() is None

@@ -16,6 +16,8 @@ import dask
 import dask.array as da
 import numpy as np
 
+from scdask import _progress
+
 __all__ = ["active_client", "compute"]
 
 
@@ -72,7 +74,12 @@ def compute(*collections):
             plans.append((None, len(flat)))
             flat.append(obj)
     client = active_client()
-    results = dask.compute(*flat) if client is None else _fetch_as_completed(client, flat)
+    _progress.expect(len(flat))
+    if client is None:
+        results = dask.compute(*flat)
+        _progress.advance(len(flat))
+    else:
+        results = _fetch_as_completed(client, flat)
     out = []
     for shape, start in plans:
         if shape is None:
@@ -94,7 +101,9 @@ def _fetch_as_completed(client, objects: list) -> list:
     pending = [results[i] for i in where.values()]
     for i in where.values():
         results[i] = None
+    _progress.advance(len(results) - len(pending))  # plain objects: nothing to compute
     for future, value in as_completed(pending, with_results=True):
         results[where[id(future)]] = value
         future.release()
+        _progress.advance()
     return results

@@ -23,3 +23,51 @@ class InputError(ValueError):
     ...     print(e)
     level must be one of ('cell', 'pseudobulk', 'spot', 'bulk'), got 'tissue'
     """
+
+
+def counts_fix(adata) -> str:
+    """How to point a counts-only step at the counts this AnnData holds, in a few words.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> a = ad.AnnData(np.ones((2, 2)), layers={"counts": np.ones((2, 2))})
+    >>> counts_fix(a)
+    "pass the counts: adata.X = adata.layers['counts']"
+    """
+    names = [k for k in getattr(adata, "layers", {}) if "count" in k.lower()]
+    if names:
+        return f"pass the counts: adata.X = adata.layers[{names[0]!r}]"
+    if getattr(adata, "raw", None) is not None:
+        return "pass the counts: adata = adata.raw.to_adata() (if .raw holds counts)"
+    return "pass the raw counts (the file before normalisation)"
+
+
+def require_counts(problems, *, step: str, fix: str, matrix: str = "X") -> None:
+    """Raise :class:`InputError` unless ``problems`` (from ``scdask._ops.value_problems``,
+    summed over the blocks) says the matrix holds counts: finite, non-negative, whole.
+
+    Examples
+    --------
+    >>> require_counts([0, 0, 3], step="recipe", fix="pass the raw counts")
+    Traceback (most recent call last):
+    ...
+    scdask._errors.InputError: recipe needs counts, but X holds 3 values that are not whole ...
+    """
+    nonfinite, negative, fractional = (int(v) for v in problems)
+    if nonfinite:
+        raise InputError(
+            f"{step} cannot use {matrix}: it holds {nonfinite:,} NaN or infinite values; "
+            "replace them at the source or drop the cells that have them"
+        )
+    if negative:
+        raise InputError(
+            f"{step} needs counts, but {matrix} holds {negative:,} negative values "
+            f"(scaled or corrected data?); {fix}"
+        )
+    if fractional:
+        raise InputError(
+            f"{step} needs counts, but {matrix} holds {fractional:,} values that are not whole "
+            f"numbers (log-normalised data?); {fix}; corrected counts (e.g. ambient-removed) "
+            "can be rounded first: adata.X = np.round(adata.X)"
+        )

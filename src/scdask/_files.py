@@ -6,10 +6,12 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["INCOMPLETE", "MANIFEST", "atomic_target"]
+from scdask._errors import InputError
+
+__all__ = ["INCOMPLETE", "MANIFEST", "atomic_target", "refuse_to_replace"]
 
 #: Written first into an output folder and removed last: its files are not a finished result.
 INCOMPLETE = "INCOMPLETE"
@@ -69,3 +71,59 @@ def atomic_target(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _relation(output: Path, source: Path, *, replaces_folder: bool) -> str | None:
+    """How writing ``output`` would reach ``source``, in words, or ``None`` if it would not."""
+    if not source.exists():
+        return None
+    out_real, src_real = output.resolve(), source.resolve()
+    if output.exists() and os.path.samefile(output, source):
+        if output.is_symlink():
+            return "is a symbolic link to"
+        if output.absolute() != source.absolute() and out_real != src_real:
+            return "is a hard link to"
+        return "is"
+    if out_real != src_real and out_real.is_relative_to(src_real):
+        return "lies inside"
+    if replaces_folder and src_real.is_relative_to(out_real):
+        return "is a folder holding"
+    return None
+
+
+def refuse_to_replace(
+    outputs: Iterable[str | os.PathLike[str]],
+    inputs: Iterable[str | os.PathLike[str]],
+    *,
+    replaces_folder: bool = True,
+) -> None:
+    """Raise :class:`scdask.InputError` if writing any of ``outputs`` would change an input.
+
+    An output may not be an input, a hard or symbolic link to one, a path inside an input
+    (a zarr store), or, when ``replaces_folder`` (a writer replaces the whole path), a
+    folder that holds an input. Paths are compared after following links, so a link to a
+    folder does not hide anything. Called before any work starts.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> src = os.path.join(d, "in.h5ad")
+    >>> _ = open(src, "w").write("counts")
+    >>> os.symlink(src, os.path.join(d, "link.h5ad"))
+    >>> refuse_to_replace([os.path.join(d, "link.h5ad")], [src])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scdask._errors.InputError: refusing to write '...link.h5ad': it is a symbolic link to ...
+    >>> refuse_to_replace([os.path.join(d, "out.h5ad")], [src])  # a new file is fine
+    """
+    for output in outputs:
+        out = Path(output).expanduser()
+        for source in inputs:
+            src = Path(source).expanduser()
+            relation = _relation(out, src, replaces_folder=replaces_folder)
+            if relation is not None:
+                raise InputError(
+                    f"refusing to write {str(output)!r}: it {relation} the input "
+                    f"{str(source)!r}, which would be changed or replaced; write to a new path"
+                )

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from scdask._errors import InputError
+from scdask._pipeline import DEFAULT_CONFIG
+from scdask.activity import LEVELS, RNG_METHODS
 
 __all__ = ["main"]
 
@@ -47,7 +53,7 @@ def _launcher(value: str) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scdask",
         description="Single-cell analysis and SecAct activity inference on atlases larger "
         "than memory, as Dask graphs.",
@@ -62,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
             help=help_,
             description=help_,
             epilog=_EPILOG[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_Help,
         )
 
     launcher_help = (
@@ -86,81 +92,132 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (overrides the config's 'output')")
 
     p = add("preprocess", "QC → filter → normalize → log1p → HVG → scale → PCA, streamed")
-    p.add_argument("input", help=".h5ad or zarr store of counts")
-    p.add_argument("output", help=".h5ad to write (log-normalised X, QC/HVG columns, PCA)")
-    p.add_argument("--min-genes", type=int, default=200)
-    p.add_argument("--min-cells", type=int, default=3)
-    p.add_argument("--target-sum", type=float, default=1e4)
-    p.add_argument("--n-top-genes", type=int, default=2000)
-    p.add_argument("--n-comps", type=int, default=50)
+    p.add_argument("input", help=".h5ad file or zarr store of raw counts (cells x genes)")
+    p.add_argument(
+        "output", help=".h5ad to write (log-normalised X, QC and HVG columns, X_pca); new path"
+    )
+    p.add_argument(
+        "--min-genes", type=_whole(0), default=200, help="keep cells with at least this many genes"
+    )
+    p.add_argument(
+        "--min-cells", type=_whole(0), default=3, help="keep genes seen in at least this many cells"
+    )
+    p.add_argument(
+        "--target-sum", type=_positive, default=1e4, help="counts per cell after normalisation"
+    )
+    p.add_argument(
+        "--n-top-genes", type=_whole(1), default=2000, help="highly variable genes kept for PCA"
+    )
+    p.add_argument("--n-comps", type=_whole(1), default=50, help="principal components")
     p.add_argument("--launcher", type=_launcher, default="local", help=launcher_help)
 
-    p = add("activity", "SecAct activity inference (ridge + permutation test)")
-    p.add_argument("input", help=".h5ad of counts")
-    p.add_argument("output", help=".h5ad to write (obs = samples, var = proteins)")
-    p.add_argument("--level", default="cell", choices=["cell", "pseudobulk", "spot", "bulk"])
-    p.add_argument("--cell-type-col", default=None, help="obs column for pseudobulk")
+    p = add(
+        "activity",
+        "SecAct activity inference (ridge regression + permutation test) from counts.\n\n"
+        "levels:\n"
+        "  cell        one result per cell: log2(1 + 1e5 x / library), centred per gene\n"
+        "  pseudobulk  one result per group of --cell-type-col: counts summed per group,\n"
+        "              CPM, log2, centred on the mean over groups (needs 2+ groups)\n"
+        "  spot        one result per spatial spot (as cell, genes without counts dropped)\n"
+        "  bulk        one result per sample of a bulk profile (X as samples x genes)",
+    )
+    p.add_argument("input", help=".h5ad file or zarr store of raw counts (cells x genes)")
+    p.add_argument(
+        "output",
+        help=".h5ad to write (obs = samples, var = proteins, layers beta/se/zscore/"
+        "pvalue); a new path",
+    )
+    p.add_argument("--level", default="cell", choices=LEVELS, help="what one result row is")
+    p.add_argument(
+        "--cell-type-col",
+        default=DEFAULT_CONFIG["activity"]["cell_type_col"],
+        help="obs column whose values are the pseudobulk groups (pseudobulk only)",
+    )
     p.add_argument("--signature", default="secact", help="secact, cytosig or a TSV file")
-    p.add_argument("--n-rand", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rng", default="srand", choices=["srand", "gsl", "numpy"])
-    p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    p.add_argument(
+        "--n-rand", type=_whole(0), default=1000, help="permutations (0: a t-test instead)"
+    )
+    p.add_argument("--seed", type=_whole(0), default=0, help="seed of the permutation table")
+    p.add_argument(
+        "--rng", default="srand", choices=RNG_METHODS, help="generator of the permutation table"
+    )
+    p.add_argument(
+        "--dtype",
+        default="float64",
+        choices=["float64", "float32"],
+        help="float64 reproduces secactpy; float32 is about 2x faster (z within ~1e-4)",
+    )
     p.add_argument("--launcher", type=_launcher, default="local", help=launcher_help)
 
-    p = add("info", "shape, layout, density, columns and I/O estimate of a file")
+    p = add(
+        "info",
+        "shape, layout, density, columns and I/O estimate of a file, and what to fix first "
+        "(not counts, NaN, negatives, repeated names, CSC), from the first rows of X only",
+    )
     p.add_argument("input")
 
     p = add("convert", "rewrite a file with CSR or CSC X, with bounded memory")
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--layout", default="csr", choices=["csr", "csc"])
+    p.add_argument("input", help=".h5ad file or zarr store")
+    p.add_argument("output", help="a new path; a name ending in .zarr writes a zarr store")
+    p.add_argument(
+        "--layout",
+        default="csr",
+        choices=["csr", "csc"],
+        help="csr: cells are rows, what every scdask pass reads fast",
+    )
 
     p = add("synthetic", "write a realistic synthetic atlas (fitted on the bundled sample)")
-    p.add_argument("output")
-    p.add_argument("--cells", type=int, required=True)
-    p.add_argument("--genes", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("output", help=".h5ad to write")
+    p.add_argument("--cells", type=_whole(1), required=True, help="number of cells")
+    p.add_argument("--genes", type=_whole(1), default=20000, help="number of genes")
+    p.add_argument("--seed", type=_whole(0), default=0, help="random seed")
 
     p = add("cluster", "start a cluster and keep it running, or print a SLURM job script")
-    p.add_argument("kind", choices=["local", "cuda", "slurm", "job-script"])
-    p.add_argument("--workers", type=int, default=None, help="local: worker processes")
+    p.add_argument("kind", choices=["local", "cuda", "slurm", "job-script"], help="what to start")
+    p.add_argument(
+        "--workers", type=_whole(1), default=None, help="local: worker processes (default: cores)"
+    )
     p.add_argument("--profile", default=None, help="slurm: site profile name")
-    p.add_argument("--jobs", type=int, default=1, help="slurm: jobs to submit")
+    p.add_argument("--jobs", type=_whole(1), default=1, help="slurm: jobs to submit")
     return parser
 
 
-@contextlib.contextmanager
-def progress_bar(client: Any) -> Iterator[None]:
-    """Show a progress bar for every compute inside: dask's, or distributed's with a client.
+def _whole(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
 
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> with progress_bar(None):
-    ...     _ = da.ones(10, chunks=5).sum().compute()
-    """
-    import dask
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum, {minimum}")
+        return value
 
-    if client is None:
-        from dask.diagnostics import ProgressBar
+    parse.__name__ = "whole number"
+    return parse
 
-        with ProgressBar(minimum=1.0, dt=0.5):
-            yield
-        return
-    from dask.core import flatten
-    from distributed.diagnostics.progressbar import progress
 
-    def get(dsk, keys, **kwargs):
-        futures = client.get(dsk, keys, sync=False, **kwargs)
-        progress(list(flatten(futures)), notebook=False, minimum=1.0)
-        return client.gather(futures)
+def _positive(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
 
-    # Like ``client.get``, this scheduler belongs to the client: scdask._compute.active_client
-    # must still find it (the writer's sliding window of futures and the broadcast activity
-    # model depend on it; without it the 37 MB SecAct model rode along with every window).
-    get.__self__ = client
-    with dask.config.set(scheduler=get):
-        yield
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (the problem, and where the help is)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions and epilogs as written; every option's default shown in its help."""
 
 
 @contextlib.contextmanager
@@ -197,11 +254,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_config(cfg: dict[str, Any]) -> int:
-    from scdask._pipeline import run_pipeline
+    from scdask._pipeline import check_run, run_pipeline
+    from scdask._progress import step
 
+    check_run(cfg)  # before the engine starts
     t0 = time.perf_counter()
     with _engine(cfg["launcher"]) as client:
-        written = run_pipeline(cfg, log=_log, progress=lambda name: progress_bar(client))
+        written = run_pipeline(cfg, log=_log, progress=step)
         if client is not None:
             peaks = client.run(_peak_rss_mib)
             _log("[scdask] worker peak RSS: " + ", ".join(f"{v:.0f} MiB" for v in peaks.values()))
@@ -215,9 +274,11 @@ def _run_config(cfg: dict[str, Any]) -> int:
 
 def _preprocess(args: argparse.Namespace) -> int:
     import scdask
+    from scdask._progress import step
 
-    with _engine(args.launcher) as client, progress_bar(client):
-        adata = scdask.read_h5ad(args.input)
+    _check_output(args.output, args.input)
+    with _engine(args.launcher), step(f"preprocess {args.input}"):
+        adata = _open(args.input)
         scdask.pp.recipe(
             adata,
             min_genes=args.min_genes,
@@ -235,12 +296,14 @@ def _activity(args: argparse.Namespace) -> int:
     import numpy as np
 
     import scdask
+    from scdask._progress import step
 
-    with _engine(args.launcher) as client, progress_bar(client):
+    _check_output(args.output, args.input)
+    with _engine(args.launcher), step(f"activity ({args.level}) {args.input}"):
         res = scdask.activity.infer(
-            scdask.read_h5ad(args.input),
+            _open(args.input),
             level=args.level,
-            cell_type_col=args.cell_type_col,
+            cell_type_col=args.cell_type_col if args.level == "pseudobulk" else None,
             signature=args.signature,
             n_rand=args.n_rand,
             seed=args.seed,
@@ -252,6 +315,24 @@ def _activity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(output: str, source: str) -> None:
+    """Before any work: the output's folder exists and writing it replaces no input."""
+    from scdask._files import refuse_to_replace
+
+    folder = Path(output).expanduser().absolute().parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write {output!r}: the folder {str(folder)!r} does not exist")
+    refuse_to_replace([output], [source])
+
+
+def _open(path: str):
+    """A lazy AnnData from an .h5ad file or a zarr store (a folder)."""
+    import scdask
+    from scdask.io._store import guess_format
+
+    return scdask.read_zarr(path) if guess_format(path) == "zarr" else scdask.read_h5ad(path)
+
+
 def _info(args: argparse.Namespace) -> int:
     import scdask
 
@@ -261,8 +342,10 @@ def _info(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     import scdask
+    from scdask._progress import step
 
-    with progress_bar(None):
+    _check_output(args.output, args.input)
+    with step(f"convert {args.input}"):
         scdask.io.convert(args.input, args.output, layout=args.layout)
     _log(f"[scdask] wrote {args.output} ({args.layout.upper()})")
     return 0
@@ -326,6 +409,33 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every writer cleans up as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM (``kill``, ``scancel``) unwinds like Ctrl-C: temporary files are
+    removed and an unfinished run folder keeps its INCOMPLETE marker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scdask`` command.
 
@@ -337,36 +447,42 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit code: 0 ok, 2 bad usage or input, 1 unexpected failure.
+        The exit code: 0 ok; 2 bad usage or bad input (:class:`scdask.InputError`, a
+        missing or unwritable file, a missing extra), one line on stderr; 1 anything
+        unexpected (a bug: one line, ``--debug`` shows the traceback); 130 after Ctrl-C,
+        143 after SIGTERM (files being written are removed either way).
 
     Examples
     --------
-    >>> main(["info", "missing.h5ad"])  # doctest: +SKIP
-    scdask: error: No such file: 'missing.h5ad'. Check the path (...)
+    >>> main(["info", "missing.h5ad"])
     2
     """
-    from scdask._pipeline import ConfigError
-    from scdask.io import FileFormatError
-
     args = _parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
-    except (
-        FileNotFoundError,
-        FileFormatError,
-        ConfigError,
-        ValueError,
-        KeyError,
-        ImportError,
-    ) as e:
+        with _sigterm_as_interrupt():
+            return _COMMANDS[args.command](args)
+    except (InputError, OSError, KeyError, ImportError) as e:
         if args.debug:
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"scdask: error: {message}", file=sys.stderr)
+        print(f"scdask: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("scdask: interrupted; no partial output was left behind", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "stopped by SIGTERM" if isinstance(e, _Terminated) else "interrupted"
+        print(
+            f"scdask: {what}; files being written were removed (a run's output folder "
+            "keeps its INCOMPLETE marker)",
+            file=sys.stderr,
+        )
+        return 143 if isinstance(e, _Terminated) else 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(
+            f"scdask: unexpected error ({type(e).__name__}): {_one_line(e)}; this is a bug in "
+            "scdask: rerun with --debug and report the traceback",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def test_convert_keeps_dense_and_refuses_same_path(tmp_path):
     _source(src, "dense")
     assert convert(src, tmp_path / "o.h5ad", layout="csc") == []
     np.testing.assert_array_equal(ad.read_h5ad(tmp_path / "o.h5ad").X, ad.read_h5ad(src).X)
-    with pytest.raises(ValueError, match="still reads its matrices"):
+    with pytest.raises(ValueError, match="it is the input"):
         convert(src, src, layout="csr")
     with pytest.raises(ValueError, match="layout must be"):
         convert(src, tmp_path / "x.h5ad", layout="coo")
@@ -167,6 +167,189 @@ def test_inspect_csc_and_dense(tmp_path):
     assert info.block_bytes == N_OBS * N_VARS * 4
     with pytest.raises(FileNotFoundError):
         inspect(tmp_path / "nothing.h5ad")
+
+
+def _counts(seed: int = 3) -> sp.csr_matrix:
+    m = sp.random(N_OBS, N_VARS, density=0.3, format="csr", dtype=np.float32, random_state=seed)
+    m.data = np.round(m.data * 9) + 1
+    return m
+
+
+def test_inspect_counts_x_has_no_content_notes(tmp_path):
+    _source(tmp_path / "src.h5ad")
+    info = inspect(tmp_path / "src.h5ad")
+    assert info.looks_like_counts is True and info.counts_in is None
+    assert (info.nonfinite, info.negative, info.fractional) == (0, 0, 0)
+    assert info.sample_rows == N_OBS and info.sample_cols == N_VARS
+    assert info.sample_values == info.nnz and info.max_value == 10
+    assert info.duplicate_obs == 0 and info.duplicate_var == 0
+    assert not info.unfinished_run and info.activity is None
+    assert info.obsm == ["X_umap"] and "  obsm:   X_umap" in str(info)
+    assert info.notes() == [] and "note:" not in str(info)
+
+
+def test_inspect_log_normalised_x_names_the_counts_layer(tmp_path, monkeypatch):
+    counts = _counts()
+    x = counts.copy()
+    x.data = np.log1p(x.data)
+    path = tmp_path / "log.h5ad"
+    ad.AnnData(X=x, layers={"raw_counts": counts, "other": x}).write_h5ad(path)
+    monkeypatch.setattr(tools_mod, "_SAMPLE_VALUES", 100)  # a sample of the first rows
+    info = inspect(path)
+    assert 0 < info.sample_rows < N_OBS and info.sample_cols == N_VARS
+    assert info.sample_values == x.indptr[info.sample_rows] <= 100
+    assert info.looks_like_counts is False and info.fractional == info.sample_values
+    assert info.negative == 0 and info.nonfinite == 0
+    want_max = x.data[: info.sample_values].max()
+    assert info.max_value == pytest.approx(want_max)
+    assert info.counts_in == "layers['raw_counts']"
+    text = str(info)
+    assert (
+        f"  note:   X is not counts: 100% of the stored values in the first {info.sample_rows} "
+        f"rows are not whole numbers (max {want_max:.3g}; looks log-normalised). scdask's "
+        "preprocessing and activity need counts; layers['raw_counts'] holds counts: "
+        "pass layer='raw_counts'"
+    ) in text
+
+
+def test_inspect_log_normalised_x_with_counts_in_raw_or_nowhere(tmp_path):
+    counts = _counts()
+    adata = ad.AnnData(X=counts)
+    adata.raw = adata.copy()
+    adata.X = counts.multiply(1 / 7).tocsr()
+    adata.write_h5ad(tmp_path / "raw.h5ad")
+    info = inspect(tmp_path / "raw.h5ad")
+    assert info.looks_like_counts is False and info.counts_in == "raw.X"
+    assert "raw.X holds counts: pass use_raw=True" in str(info)
+
+    ad.AnnData(X=counts.multiply(1 / 7).tocsr()).write_h5ad(tmp_path / "none.h5ad")
+    info = inspect(tmp_path / "none.h5ad")
+    assert info.counts_in is None
+    assert "no layer named like counts, nor raw.X, looks like counts here" in str(info)
+
+
+def test_inspect_flags_nan_inf_and_negative(tmp_path):
+    x = _counts().toarray()
+    x[0, :3] = np.nan
+    x[5, 1] = np.inf
+    x[7, 2:6] = -2.0
+    path = tmp_path / "bad.h5ad"
+    ad.AnnData(X=sp.csr_matrix(x)).write_h5ad(path)
+    info = inspect(path)
+    assert info.nonfinite == 4 and info.negative == 4 and info.fractional == 0
+    assert info.looks_like_counts is False and info.max_value == 10
+    text = str(info)
+    assert "note:   X has 4 NaN or infinite values in all of X; scdask refuses them" in text
+    assert "note:   X has 4 negative values in all of X: counts are never negative" in text
+    assert "scdask's preprocessing and activity need counts" in text
+
+    ad.AnnData(X=np.where(np.isfinite(x), np.abs(x), 1.0)).write_h5ad(tmp_path / "dense.h5ad")
+    info = inspect(tmp_path / "dense.h5ad")  # a dense X: its non-zeros are checked
+    assert info.layout == "dense" and info.looks_like_counts is True
+    assert info.sample_values == np.count_nonzero(np.where(np.isfinite(x), x, 1.0))
+
+
+def test_inspect_dense_sample_is_bounded(tmp_path, monkeypatch):
+    x = _counts().toarray() / 3
+    ad.AnnData(X=x).write_h5ad(tmp_path / "dense.h5ad")
+    monkeypatch.setattr(tools_mod, "_SAMPLE_VALUES", 5 * N_VARS)
+    info = inspect(tmp_path / "dense.h5ad")
+    assert info.sample_rows == 5 and info.sample_values == np.count_nonzero(x[:5])
+    assert info.fractional > 0 and "in the first 5 rows are not whole numbers" in str(info)
+
+
+def test_inspect_duplicate_names(tmp_path):
+    obs = pd.DataFrame(index=[f"c{i % 80}" for i in range(N_OBS)])
+    var = pd.DataFrame(index=[f"g{i}" for i in range(N_VARS - 1)] + ["g0"])
+    with pytest.warns(UserWarning, match="not unique"):
+        ad.AnnData(X=_counts(), obs=obs, var=var).write_h5ad(tmp_path / "dup.h5ad")
+    info = inspect(tmp_path / "dup.h5ad")
+    assert info.duplicate_obs == N_OBS - 80 and info.duplicate_var == 1
+    assert info.duplicate_examples == {"obs": ["c0", "c1", "c2"], "var": ["g0"]}
+    text = str(info)
+    assert "note:   10 obs names repeat an earlier one (e.g. 'c0', 'c1', 'c2')" in text
+    assert "adata.obs_names_make_unique()" in text
+    assert "note:   1 var names repeat an earlier one (e.g. 'g0')" in text
+    assert "adata.var_names_make_unique()" in text
+
+
+def test_inspect_csc_suggests_the_convert_command(tmp_path, monkeypatch):
+    _source(tmp_path / "my atlas.h5ad", "csc")
+    monkeypatch.setattr(tools_mod, "_SAMPLE_VALUES", 60)
+    info = inspect(tmp_path / "my atlas.h5ad")
+    assert info.sample_rows == N_OBS and 0 < info.sample_cols < N_VARS  # first columns
+    assert info.looks_like_counts is True
+    src, out = tmp_path / "my atlas.h5ad", tmp_path / "my atlas.csr.h5ad"
+    assert f"scdask convert '{src}' '{out}' --layout csr" in str(info)
+    assert "scdask.io.convert" not in str(info)
+
+
+def _annotations_only(path) -> None:
+    """What ``scdask run`` writes as cells.h5ad: obs, var, obsm, uns and no X."""
+    obs = pd.DataFrame(
+        {"leiden": pd.Categorical(["0", "1"] * 10)}, index=[f"c{i}" for i in range(20)]
+    )
+    var = pd.DataFrame({"highly_variable": [True, False] * 3}, index=[f"g{i}" for i in range(6)])
+    obsm = {"X_pca": np.zeros((20, 4)), "X_umap": np.zeros((20, 2))}
+    ad.AnnData(obs=obs, var=var, obsm=obsm, uns={"pca": {"n": 4}}).write_h5ad(path)
+    with h5py.File(path) as f:
+        assert "X" not in f
+
+
+def test_inspect_file_without_x(tmp_path):
+    from scdask._files import INCOMPLETE
+
+    path = tmp_path / "cells.h5ad"
+    _annotations_only(path)
+    info = inspect(path)
+    assert info.shape == (20, 6) and info.layout == "none" and info.dtype == "none"
+    assert info.nnz is None and info.density is None
+    assert (info.chunk_rows, info.n_blocks, info.block_bytes) == (0, 0, 0)
+    assert info.obsm == ["X_pca", "X_umap"] and info.looks_like_counts is None
+    assert info.obs_columns == ["leiden"] and info.var_columns == ["highly_variable"]
+    text = str(info)
+    assert (
+        "  X:      no X (annotations only: 20 cells x 6 genes from obs/var; obsm: X_pca, X_umap)"
+    ) in text
+    assert "read:" not in text and "note:" not in text
+
+    (tmp_path / INCOMPLETE).write_text("")
+    info = inspect(path)
+    assert info.unfinished_run
+    assert "scdask run` that did not finish" in str(info)
+    assert "not a finished result" in str(info)
+
+
+@pytest.fixture(scope="module")
+def activity_path(tmp_path_factory):
+    import scdask
+
+    res = scdask.activity.infer(
+        scdask.datasets.sample(),
+        level="pseudobulk",
+        cell_type_col="cell_type",
+        signature="cytosig",
+        n_rand=10,
+    )
+    path = tmp_path_factory.mktemp("activity") / "act.h5ad"
+    scdask.write_h5ad(res, path)
+    return path
+
+
+def test_inspect_activity_result(activity_path):
+    info = inspect(activity_path)
+    assert info.activity["level"] == "pseudobulk" and info.activity["n_rand"] == 10
+    assert info.activity["signature"] == "cytosig"
+    assert info.shape == (5, 43)
+    assert set(info.layers) == {"beta", "se", "zscore", "pvalue"}
+    text = str(info)
+    assert (
+        "  activity result (level=pseudobulk, signature=cytosig, n_rand=10): "
+        "5 samples x 43 proteins"
+    ) in text
+    assert "  X:      5 samples x 43 proteins, dense float64" in text
+    assert "genes" not in text and "cells" not in text
+    assert "not counts" not in text and "negative" not in text  # statistics, not counts
 
 
 # -- update_metadata ---------------------------------------------------------------------------

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scdask._compute import active_client
-from scdask._errors import InputError
-from scdask._ops import CSRBlock
+from scdask._compute import active_client, compute
+from scdask._errors import InputError, require_counts
+from scdask._ops import CSRBlock, value_problems
 from scdask.activity._results import make_result
 from scdask.activity._ridge import (
     _MIN_SPARSE_ROWS,
@@ -38,6 +38,7 @@ from scdask.activity._ridge import (
     shared,
 )
 from scdask.activity._signature import BUNDLED_SIGNATURES, group_signatures, load_signature
+from scdask.io._write import sources_of
 
 __all__ = ["LEVELS", "infer"]
 
@@ -189,6 +190,29 @@ def _matrix(adata: ad.AnnData, *, layer, use_raw: bool):
     return adata.X, adata.var
 
 
+def _matrix_name(adata: ad.AnnData, *, layer, use_raw: bool) -> str:
+    if layer is not None:
+        return f"layers[{layer!r}]"
+    return "raw.X" if use_raw and adata.raw is not None else "X"
+
+
+def _counts_fix(adata: ad.AnnData, *, layer, use_raw: bool) -> str:
+    """How to point :func:`infer` at the counts of ``adata``, in a few words."""
+    names = [k for k in adata.layers if "count" in k.lower() and k != layer]
+    if names:
+        return f"point it at the counts: layer={names[0]!r}"
+    if adata.raw is not None and not use_raw:
+        return "point it at the counts: use_raw=True"
+    return "pass the raw counts (layer=... or use_raw=... if the AnnData holds them)"
+
+
+def _recorded_sources(adata: ad.AnnData) -> dict:
+    """``{"sources": [...]}`` naming the files ``adata`` reads, for an in-memory result to
+    remember (so :func:`scdask.write_h5ad` refuses to replace them), or ``{}``."""
+    sources = sorted(sources_of(adata))
+    return {"sources": sources} if sources else {}
+
+
 def _row_blocks(matrix) -> da.Array:
     if isinstance(matrix, da.Array):
         return matrix.rechunk({1: -1})
@@ -284,24 +308,29 @@ class _CellTargets:
 
 
 def _cell_stats(block, norm: _LogNormaliser) -> np.ndarray:
-    """One row: sums of log values per gene (non-empty rows), #non-empty, #empty, #bad values."""
+    """One row: sums of log values per gene (non-empty rows), #non-empty, #empty, and the
+    block's value problems (non-finite, negative, fractional; see ``value_problems``)."""
     x = _plain(block)
-    values = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    bad = np.count_nonzero((values < 0) | (values != np.floor(values)))
-    sub, lib = norm.sparse_log(x)
+    problems = value_problems(x)
+    with np.errstate(invalid="ignore"):
+        sub, lib = norm.sparse_log(x)
     keep = lib > 0
     sums = np.asarray(sub[keep].sum(axis=0), dtype=np.float64).ravel()
-    return np.concatenate([sums, [keep.sum(), (~keep).sum(), bad]]).reshape(1, -1)
+    return np.concatenate([sums, [keep.sum(), (~keep).sum()], problems]).reshape(1, -1)
 
 
 def _group_sums(block, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """One row: the block's counts summed per group (cells with code -1 left out), then its
+    value problems (non-finite, negative, fractional)."""
     x = _plain(block)
     codes = np.asarray(codes).ravel()
+    cells = np.flatnonzero(codes >= 0)
     onehot = sp.csr_array(
-        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes))
+        (np.ones(len(cells)), (codes[cells], cells)), shape=(n_groups, len(codes))
     )
     # flat (1, groups x genes): map_blocks keeps a 2-D partial aligned with the row blocks
-    return _as_dense(onehot @ x).astype(np.float64).reshape(1, -1)
+    sums = _as_dense(onehot @ x).astype(np.float64).ravel()
+    return np.concatenate([sums, value_problems(x)]).reshape(1, -1)
 
 
 def _reduce_blocks(func, x: da.Array, width, *args):
@@ -411,23 +440,28 @@ def infer(
         (grouped proteins expanded and sorted by code point as secactpy does;
         ``var["group"]`` names the group), ``layers`` beta, se,
         zscore, pvalue and ``X`` = zscore. Dask arrays at cell/spot level, numpy otherwise.
-        ``uns["activity"]`` records the parameters. :func:`to_frames` gives secactpy's dict.
+        ``uns["activity"]`` records the parameters and, for an in-memory result made from
+        files, their paths (``"sources"``), so that :func:`scdask.write_h5ad` refuses to
+        write the result over them. :func:`to_frames` gives secactpy's dict.
 
     Raises
     ------
-    ValueError
-        Fewer than 2 genes shared with the signature; duplicated genes in a bulk frame;
-        unpaired control columns; non-integer or negative values at cell/spot level
-        (normalised data: pass the counts with ``layer=``/``use_raw=``); bulk-only
-        arguments at other levels; ``cell_type_col`` at spot level (per-type spot
-        aggregation is not implemented).
+    scdask.InputError
+        (a ``ValueError``) Fewer than 2 genes shared with the signature; duplicated genes in
+        a bulk frame; unpaired control columns; NaN or infinite values; negative values
+        (cell, spot, pseudobulk); non-integer values at cell/spot level (normalised data:
+        pass the counts with ``layer=``/``use_raw=``); no cells or no genes; fewer than 2
+        pseudobulk groups (centring on the mean over groups would leave only zeros);
+        bulk-only arguments at other levels; ``cell_type_col`` at spot level (per-type spot
+        aggregation is not implemented). Value checks run in the pass that reads ``X``.
 
     Warns
     -----
     UserWarning
         Cells (spots) without counts: they get β = 0, se = 0, zscore = 0 and pvalue = 1 and
         are left out of the gene means, so other cells' results are those without them
-        (secactpy's default path turns every result to 0 instead).
+        (secactpy's default path turns every result to 0 instead). Cells whose
+        ``cell_type_col`` label is NaN: left out of the pseudobulk, counted in the warning.
 
     Examples
     --------
@@ -459,7 +493,13 @@ def infer(
     sig_args = {"group": group, "group_cor": group_cor, "sig_filter": sig_filter}
 
     if level == "bulk":
-        frame = data if isinstance(data, pd.DataFrame) else _as_anndata(data).to_df().T
+        if isinstance(data, pd.DataFrame):
+            frame = data
+        else:
+            bulk = _as_anndata(data)
+            (values,) = compute(bulk.X)  # samples x genes: small at bulk level
+            frame = pd.DataFrame(_as_dense(values).T, index=bulk.var_names, columns=bulk.obs_names)
+            run["params"] = {**params, **_recorded_sources(bulk)}
         y = _differential(
             frame, control, differential=differential, paired=paired, single_sample=single_sample
         )
@@ -483,6 +523,13 @@ def infer(
     if use_raw is None:
         use_raw = level != "spot"
     matrix, var = _matrix(adata, layer=layer, use_raw=use_raw)
+    matrix_name = _matrix_name(adata, layer=layer, use_raw=use_raw)
+    fix = _counts_fix(adata, layer=layer, use_raw=use_raw)
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise InputError(
+            f"{matrix_name} has {matrix.shape[0]} cells x {matrix.shape[1]} genes; "
+            "activity needs cells and genes (check the file or the filter that made it)"
+        )
     x = _row_blocks(matrix)
     names = _symbols(pd.Index(var.index), var)
     n_all = len(names)
@@ -503,8 +550,9 @@ def infer(
                 f"level='pseudobulk' needs cell_type_col naming an obs column; got "
                 f"{cell_type_col!r} (columns: {list(adata.obs.columns)})"
             )
-        y = _pseudobulk(x, kept, kept_names, adata.obs[cell_type_col])
+        y = _pseudobulk(x, kept, kept_names, adata.obs[cell_type_col], fix=fix)
         sig, grouped = _signature_matrix(signature, genes=y.index, **sig_args)
+        run["params"] = {**params, **_recorded_sources(adata)}
         return _run_dense(y, sig, grouped, **run)
 
     sig, grouped = _signature_matrix(signature, genes=kept_names, **sig_args)
@@ -515,14 +563,10 @@ def infer(
         genes=position[common].to_numpy(),
         scale=float(scale_factor if level == "spot" else 1e5),
     )
-    stats = np.asarray(_reduce_blocks(_cell_stats, x, ((len(common) + 3,),), norm).compute())
-    sums, n_full, n_empty, n_bad = stats[:-3], int(stats[-3]), int(stats[-2]), int(stats[-1])
+    stats = np.asarray(_reduce_blocks(_cell_stats, x, ((len(common) + 5,),), norm).compute())
+    sums, n_full, n_empty = stats[:-5], int(stats[-5]), int(stats[-4])
+    require_counts(stats[-3:], step=f"level={level!r}", fix=fix, matrix=matrix_name)
     what = "spots" if level == "spot" else "cells"
-    if n_bad:
-        raise InputError(
-            f"level={level!r} expects raw counts, but {n_bad} stored values are negative or "
-            "not integers (normalised data?); pass the counts (layer=..., use_raw=...)"
-        )
     if n_full == 0:
         raise InputError(f"every one of the {n_empty} {what} has zero counts")
     if n_empty:
@@ -549,18 +593,42 @@ def infer(
     return make_result(stacked, adata.obs, list(sig.columns), grouped=grouped, params=params)
 
 
-def _pseudobulk(x: da.Array, kept, kept_names, labels: pd.Series) -> pd.DataFrame:
-    """Genes x types differential profile (secactpy's scRNA pseudobulk), one pass over X."""
-    labels = labels.astype(str).to_numpy()
-    types = sorted(set(labels), key=str.lower)
-    codes = pd.Index(types).get_indexer(labels)
+def _pseudobulk(x: da.Array, kept, kept_names, labels: pd.Series, *, fix: str) -> pd.DataFrame:
+    """Genes x types differential profile (secactpy's scRNA pseudobulk), one pass over X.
+
+    Cells without a label (NaN) are left out, with a warning that counts them; fewer than
+    two groups is an error (centring on the mean over groups would leave only zeros).
+    """
+    column = labels.name
+    missing = labels.isna().to_numpy()
+    names = labels.astype(str).to_numpy()
+    types = sorted(set(names[~missing]), key=str.lower)
+    if len(types) < 2:
+        found = f"only {types[0]!r}" if types else "no labels at all"
+        raise InputError(
+            f"level='pseudobulk' needs at least 2 groups in obs[{column!r}], found {found}: "
+            "each group is centred on the mean over groups, so one group gives all-zero "
+            "results; group by a column with 2 or more values, or run level='bulk' with a "
+            "control"
+        )
+    if missing.any():
+        warnings.warn(
+            f"{int(missing.sum()):,} cells have no {column!r} label (NaN); they are left out "
+            "of the pseudobulk",
+            UserWarning,
+            stacklevel=3,
+        )
+    codes = np.where(missing, -1, pd.Index(types).get_indexer(names))
     codes_da = da.from_array(codes, chunks=(x.chunks[0],))
-    sums = _reduce_blocks(
-        _group_sums, x, ((len(types) * x.shape[1],),), codes_da[:, None], len(types)
-    ).reshape(len(types), x.shape[1])
+    n_sums = len(types) * x.shape[1]
+    stats = _reduce_blocks(_group_sums, x, ((n_sums + 3,),), codes_da[:, None], len(types))
     head = x[: min(100, x.shape[0])][:, kept[:1000]]
-    sums, head = dask.compute(sums, head)
-    sums = np.asarray(sums)[:, kept]
+    stats, head = dask.compute(stats, head)
+    stats = np.asarray(stats)
+    nonfinite, negative, _ = stats[n_sums:]
+    # non-whole values are secactpy's normalised-input path (below), not an error
+    require_counts([nonfinite, negative, 0], step="level='pseudobulk'", fix=fix)
+    sums = stats[:n_sums].reshape(len(types), x.shape[1])[:, kept]
     head = _as_dense(head)
     nonzero = head[head != 0]
     integer = nonzero.size > 0 and np.allclose(nonzero, np.round(nonzero))

@@ -16,7 +16,7 @@ from dask.base import tokenize
 from dask.utils import parse_bytes
 
 from scdask._errors import InputError
-from scdask._ops import CSRBlock
+from scdask._ops import CSRBlock, stored_values
 from scdask.io._store import (
     MATRIX_ENCODINGS,
     FileFormatError,
@@ -44,6 +44,8 @@ class MatrixSource:
     shape: tuple[int, int]
     dtype: np.dtype
     nnz: int
+    #: Refuse NaN and infinite values when a block is read (off for the file tools, which copy).
+    finite: bool = True
 
     def row_bytes(self) -> float:
         """Bytes one row of this matrix takes in memory, on average."""
@@ -53,7 +55,7 @@ class MatrixSource:
         return max(self.nnz / max(self.shape[0], 1), 1.0) * per_nnz + 8
 
 
-def matrix_source(path: str, fmt: Format, f, key: str) -> MatrixSource:
+def matrix_source(path: str, fmt: Format, f, key: str, *, finite: bool = True) -> MatrixSource:
     """Describe the matrix element ``key`` of the open store ``f`` (reads attributes only)."""
     if key not in f:
         raise FileFormatError(f"{path!r} has no {key!r} element.")
@@ -68,7 +70,9 @@ def matrix_source(path: str, fmt: Format, f, key: str) -> MatrixSource:
     if enc == "array":
         if len(elem.shape) != 2:
             raise FileFormatError(f"{key!r} in {path!r} is {len(elem.shape)}-D; a matrix is 2-D.")
-        return MatrixSource(path, fmt, key, "dense", tuple(elem.shape), np.dtype(elem.dtype), 0)
+        return MatrixSource(
+            path, fmt, key, "dense", tuple(elem.shape), np.dtype(elem.dtype), 0, finite
+        )
     for part in ("data", "indices", "indptr"):
         if part not in elem:
             raise FileFormatError(
@@ -84,7 +88,14 @@ def matrix_source(path: str, fmt: Format, f, key: str) -> MatrixSource:
             f"{elem['indptr'].shape[0]} entries (expected {n_ptr + 1}); the file is damaged."
         )
     return MatrixSource(
-        path, fmt, key, layout, shape, np.dtype(elem["data"].dtype), int(elem["data"].shape[0])
+        path,
+        fmt,
+        key,
+        layout,
+        shape,
+        np.dtype(elem["data"].dtype),
+        int(elem["data"].shape[0]),
+        finite,
     )
 
 
@@ -98,15 +109,21 @@ def auto_rows(source: MatrixSource) -> int:
 
 
 def read_block(source: MatrixSource, start: int, stop: int):
-    """Read rows ``start:stop`` of a matrix (opens the file by path; runs inside tasks)."""
+    """Read rows ``start:stop`` of a matrix (opens the file by path; runs inside tasks).
+
+    Raises :class:`scdask.InputError` when the rows hold NaN or infinite values (unless the
+    source says ``finite=False``): whoever computes the block, scdask or the user's own
+    graph, learns where the bad values are instead of getting NaN or zero results.
+    """
     try:
         with open_store(source.path, source.fmt) as f:
             elem = f[source.key]
             if source.layout == "dense":
-                return np.asarray(elem[start:stop])
-            if source.layout == "csr":
-                return _csr_rows(elem, source, start, stop)
-            return _csc_rows(elem, source, start, stop)
+                block = np.asarray(elem[start:stop])
+            elif source.layout == "csr":
+                block = _csr_rows(elem, source, start, stop)
+            else:
+                block = _csc_rows(elem, source, start, stop)
     except FileFormatError:
         raise
     except (OSError, KeyError, ValueError) as e:
@@ -115,6 +132,28 @@ def read_block(source: MatrixSource, start: int, stop: int):
             "The file may be truncated, damaged, or changed since it was opened; "
             "open it again with scdask.read_h5ad."
         ) from e
+    if source.finite and source.dtype.kind == "f":
+        _refuse_nonfinite(block, source, start)
+    return block
+
+
+def _refuse_nonfinite(block, source: MatrixSource, start: int) -> None:
+    values = stored_values(block)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad)[0])
+    if sp.issparse(block):
+        row = int(np.searchsorted(block.indptr, first, side="right")) - 1
+        col = int(block.indices[first])
+    else:
+        row, col = divmod(first, block.shape[1])
+    raise InputError(
+        f"{source.key!r} in {source.path!r} holds {int(bad.sum()):,} NaN or infinite values "
+        f"in rows {start}:{start + block.shape[0]} (the first at row {start + row}, column "
+        f"{col}); scdask needs finite values: fix them at the source, or drop those cells "
+        "with scdask.io.subset (which copies them as they are)"
+    )
 
 
 def _csr_rows(elem, source: MatrixSource, start: int, stop: int) -> CSRBlock:
@@ -181,8 +220,8 @@ def lazy_matrix(source: MatrixSource, chunk_size: int | str = "auto") -> da.Arra
     rows = auto_rows(source) if chunk_size == "auto" else int(chunk_size)
     if rows <= 0:
         raise InputError(f"chunk_size must be a positive number of rows or 'auto', got {rows}.")
-    bounds = [*list(range(0, n_rows, rows)), n_rows]
-    chunks = (tuple(np.diff(bounds).tolist()) or (0,), (n_cols,))
+    bounds = [*list(range(0, n_rows, rows)), n_rows] if n_rows else [0, 0]
+    chunks = (tuple(np.diff(bounds).tolist()), (n_cols,))
     mtime = os.stat(source.path).st_mtime_ns
     name = f"read-{source.key.replace('/', '-')}-" + tokenize(source, rows, mtime)
     dsk = {
@@ -199,6 +238,8 @@ def _read(
     path: str | os.PathLike,
     fmt: Format,
     chunk_size: int | str,
+    *,
+    finite: bool = True,
 ) -> ad.AnnData:
     p = check_path(path, fmt)
     spath = str(p.resolve())
@@ -215,17 +256,17 @@ def _read(
                 )
         obs = _read_frame(f, "obs", spath)
         var = _read_frame(f, "var", spath)
-        x_src = matrix_source(spath, fmt, f, "X")
+        x_src = matrix_source(spath, fmt, f, "X", finite=finite)
         _check_shape(x_src, obs, var, spath)
         layer_srcs = {}
         if "layers" in f:
             for k in f["layers"]:
-                layer_srcs[k] = matrix_source(spath, fmt, f, f"layers/{k}")
+                layer_srcs[k] = matrix_source(spath, fmt, f, f"layers/{k}", finite=finite)
                 _check_shape(layer_srcs[k], obs, var, spath)
         raw = None
         if "raw" in f and "X" in f["raw"]:
             raw_var = _read_frame(f, "raw/var", spath)
-            raw_src = matrix_source(spath, fmt, f, "raw/X")
+            raw_src = matrix_source(spath, fmt, f, "raw/X", finite=finite)
             _check_shape(raw_src, obs, raw_var, spath)
             raw = (raw_src, raw_var)
         others = {

@@ -33,6 +33,19 @@ def guess_format(path: str | os.PathLike) -> Format:
     return "zarr" if Path(path).is_dir() else "h5ad"
 
 
+def is_zarr_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding zarr metadata at its top (format 2 or 3).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> is_zarr_store(tempfile.mkdtemp())
+    False
+    """
+    p = Path(path)
+    return (p / ".zattrs").exists() or (p / ".zgroup").exists() or (p / "zarr.json").exists()
+
+
 def check_path(path: str | os.PathLike, fmt: Format) -> Path:
     """Resolve ``path`` and check it is a store of the given format, or raise a clear error.
 
@@ -60,7 +73,7 @@ def check_path(path: str | os.PathLike, fmt: Format) -> Path:
                 f"({p.stat().st_size} bytes; first bytes {p.read_bytes()[:8]!r}). "
                 "Pass an .h5ad written by anndata/scanpy, or a zarr store to scdask.read_zarr."
             )
-    elif not (p / ".zattrs").exists() and not (p / "zarr.json").exists():
+    elif not is_zarr_store(p):
         raise FileFormatError(
             f"{str(path)!r} is not a zarr store (no .zattrs or zarr.json inside). "
             "For an .h5ad file use scdask.read_h5ad."

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +26,14 @@ import pandas as pd
 from dask.utils import format_bytes, parse_bytes
 
 from scdask._errors import InputError
+from scdask._files import INCOMPLETE
 from scdask.io._read import (
     CSCReadWarning,
     MatrixSource,
+    _read,
     auto_rows,
     lazy_matrix,
     matrix_source,
-    read_h5ad,
-    read_zarr,
 )
 from scdask.io._store import FileFormatError, Format, check_path, guess_format, open_store
 from scdask.io._write import WriteOptions, write_store
@@ -53,10 +54,9 @@ def _out_format(out: str | os.PathLike) -> Format:
 def _read_lazy(path: str | os.PathLike) -> tuple[ad.AnnData, Format, str]:
     """Open a store lazily without the CSC warning (the tools say their own cost)."""
     fmt = guess_format(path)
-    reader = read_h5ad if fmt == "h5ad" else read_zarr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CSCReadWarning)
-        adata = reader(path)
+        adata = _read(path, fmt, "auto", finite=False)  # the tools copy values as they are
     return adata, fmt, str(check_path(path, fmt).resolve())
 
 
@@ -148,7 +148,9 @@ def convert(
     budget = parse_bytes(memory) if isinstance(memory, str) else int(memory)
     adata, fmt, spath = _read_lazy(path)
     with open_store(spath, fmt) as f:
-        sources = {key: matrix_source(spath, fmt, f, key) for key in _matrix_keys(adata)}
+        sources = {
+            key: matrix_source(spath, fmt, f, key, finite=False) for key in _matrix_keys(adata)
+        }
     plans = []
     arrays = {}
     for key, source in sources.items():
@@ -229,7 +231,48 @@ def subset(
 
 @dataclass(frozen=True)
 class StoreInfo:
-    """What :func:`inspect` reports about a store: printing it gives a short summary."""
+    """What :func:`inspect` reports about a store: printing it gives a short summary.
+
+    Attributes
+    ----------
+    path, format, file_bytes
+        The resolved path, ``"h5ad"`` or ``"zarr"``, and the size on disk.
+    shape
+        ``(n_obs, n_vars)`` of X; for a file without X, the lengths of obs and var.
+    layout
+        ``"csr"``, ``"csc"``, ``"dense"``, or ``"none"`` for a file without X (such as
+        the ``cells.h5ad`` that ``scdask run`` writes: annotations and embeddings only).
+    dtype
+        The dtype of X (``"none"`` without X).
+    nnz, density
+        Stored values of a sparse X and their fraction of ``shape``; ``None`` otherwise.
+    obs_columns, var_columns, layers, raw, obsm
+        Column names, ``{layer: layout}``, the shape of ``raw.X`` (or ``None``), obsm keys.
+    chunk_rows, n_blocks, block_bytes
+        How :func:`scdask.read_h5ad` would block X (all 0 without X).
+    activity
+        The parameters in ``uns["activity"]`` of an activity result (samples x proteins,
+        written from :func:`scdask.activity.infer`), else ``None``.
+    sample_rows, sample_cols, sample_values
+        The content checks read only the start of X: the values stored in its first
+        ``sample_rows`` rows (of a CSC X: its first ``sample_cols`` columns), at most a
+        few million; ``sample_values`` of them were checked (the non-zeros of a dense X).
+    nonfinite, negative, fractional, max_value
+        Among those values: how many are NaN or infinite, negative, or finite but not
+        whole numbers, and the largest finite one (``None`` if none was read).
+    looks_like_counts
+        Whether the finite values of the sample are whole, non-negative numbers (NaN and
+        infinite values are counted in ``nonfinite``); ``None`` when nothing was sampled.
+    counts_in
+        When X does not look like counts: the layer or raw that does
+        (``"layers['counts']"``, ``"raw.X"``), else ``None``.
+    duplicate_obs, duplicate_var, duplicate_examples
+        How many obs / var names repeat an earlier one, and up to three repeated names of
+        each (``{"obs": [...], "var": [...]}``).
+    unfinished_run
+        Whether the file's folder holds the marker that ``scdask run`` removes when it
+        finishes (``scdask._files.INCOMPLETE``): the file is not a finished result.
+    """
 
     path: str
     format: str
@@ -246,32 +289,162 @@ class StoreInfo:
     chunk_rows: int
     n_blocks: int
     block_bytes: int
+    obsm: list[str] = dataclasses.field(default_factory=list)
+    activity: dict | None = None
+    sample_rows: int = 0
+    sample_cols: int = 0
+    sample_values: int = 0
+    nonfinite: int = 0
+    negative: int = 0
+    fractional: int = 0
+    max_value: float | None = None
+    looks_like_counts: bool | None = None
+    counts_in: str | None = None
+    duplicate_obs: int = 0
+    duplicate_var: int = 0
+    duplicate_examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    unfinished_run: bool = False
 
     def __str__(self) -> str:
         n_obs, n_vars = self.shape
-        if self.nnz is None:
-            stored = f"{self.layout} {self.dtype}"
-        else:
-            stored = (
-                f"{self.layout} {self.dtype}, {self.nnz:,} non-zeros ({self.density:.2%} dense)"
+        rows, cols = ("samples", "proteins") if self.activity is not None else ("cells", "genes")
+        lines = [f"{self.path} ({self.format}, {format_bytes(self.file_bytes)})"]
+        if self.activity is not None:
+            params = ", ".join(
+                f"{k}={self.activity[k]}"
+                for k in ("level", "signature", "n_rand")
+                if k in self.activity
             )
-        lines = [
-            f"{self.path} ({self.format}, {format_bytes(self.file_bytes)})",
-            f"  X:      {n_obs:,} cells x {n_vars:,} genes, {stored}",
+            lines.append(f"  activity result ({params}): {n_obs:,} {rows} x {n_vars:,} {cols}")
+        if self.layout == "none":
+            obsm = f"; obsm: {', '.join(self.obsm)}" if self.obsm else ""
+            lines.append(
+                f"  X:      no X (annotations only: {n_obs:,} {rows} x {n_vars:,} {cols} "
+                f"from obs/var{obsm})"
+            )
+        elif self.nnz is None:
+            lines.append(
+                f"  X:      {n_obs:,} {rows} x {n_vars:,} {cols}, {self.layout} {self.dtype}"
+            )
+        else:
+            lines.append(
+                f"  X:      {n_obs:,} {rows} x {n_vars:,} {cols}, {self.layout} {self.dtype}, "
+                f"{self.nnz:,} non-zeros ({self.density:.2%} dense)"
+            )
+        lines += [
             f"  obs:    {_columns(self.obs_columns)}",
             f"  var:    {_columns(self.var_columns)}",
             "  layers: " + (", ".join(f"{k} ({v})" for k, v in self.layers.items()) or "none"),
             "  raw:    " + (f"{self.raw[0]:,} x {self.raw[1]:,}" if self.raw else "none"),
-            f"  read:   {self.n_blocks:,} blocks of {self.chunk_rows:,} rows, about "
-            f"{format_bytes(self.block_bytes)} each (scdask.chunk-memory = "
-            f"{dask.config.get('scdask.chunk-memory')})",
         ]
-        if self.layout == "csc":
+        if self.layout != "none":
+            if self.obsm:
+                lines.append("  obsm:   " + ", ".join(self.obsm))
             lines.append(
-                f"  note:   X is CSC, so each of the {self.n_blocks} blocks scans the whole "
-                "matrix; convert once with scdask.io.convert(path, out, layout='csr')."
+                f"  read:   {self.n_blocks:,} blocks of {self.chunk_rows:,} rows, about "
+                f"{format_bytes(self.block_bytes)} each (scdask.chunk-memory = "
+                f"{dask.config.get('scdask.chunk-memory')})"
             )
+        lines += [f"  note:   {note}" for note in self.notes()]
         return "\n".join(lines)
+
+    def _sampled(self) -> str:
+        """Where the content checks looked, for the notes."""
+        n_obs, n_vars = self.shape
+        if self.sample_rows >= n_obs and self.sample_cols >= n_vars:
+            return "in all of X"
+        if self.layout == "csc":
+            return f"in the first {self.sample_cols:,} columns of X (all rows; X is CSC)"
+        return f"in the first {self.sample_rows:,} rows"
+
+    def notes(self) -> list[str]:
+        """What a newcomer should know before using the file: one sentence per finding.
+
+        Returns
+        -------
+        list of str
+            The ``note:`` lines of ``str(self)``, without the prefix; empty when nothing
+            was found.
+
+        Examples
+        --------
+        >>> import scdask
+        >>> scdask.io.inspect(scdask.datasets.sample_path()).notes()
+        []
+        """
+        notes = []
+        if self.unfinished_run:
+            notes.append(
+                f"this folder holds an {INCOMPLETE} marker: it is from a `scdask run` that did "
+                "not finish (or is still running), so this file is not a finished result; "
+                "run it again."
+            )
+        if self.activity is None:
+            notes += self._content_notes()
+        for axis, n in (("obs", self.duplicate_obs), ("var", self.duplicate_var)):
+            if n:
+                shown = ", ".join(repr(s) for s in self.duplicate_examples.get(axis, []))
+                what = "cell" if axis == "obs" else "gene"
+                notes.append(
+                    f"{n:,} {axis} names repeat an earlier one (e.g. {shown}): selecting "
+                    f"{what}s by name is ambiguous; after scdask.read_h5ad, call "
+                    f"adata.{axis}_names_make_unique()."
+                )
+        if self.layout == "csc":
+            stem = Path(self.path)
+            out = stem.with_name(f"{stem.name.removesuffix(stem.suffix)}.csr{stem.suffix}")
+            notes.append(
+                f"X is CSC, so each of the {self.n_blocks} blocks scans the whole matrix; "
+                f"convert once: scdask convert {shlex.quote(self.path)} "
+                f"{shlex.quote(str(out))} --layout csr"
+            )
+        return notes
+
+    def _content_notes(self) -> list[str]:
+        where = self._sampled()
+        notes = []
+        if self.nonfinite:
+            notes.append(
+                f"X has {self.nonfinite:,} NaN or infinite values {where}; scdask refuses "
+                "them when it reads those rows: fix them at the source, or drop those cells "
+                "with scdask.io.subset."
+            )
+        if self.looks_like_counts is None or self.looks_like_counts:
+            return notes
+        counts = []
+        if self.negative:
+            counts.append(
+                f"X has {self.negative:,} negative values {where}: counts are never "
+                "negative (scaled or batch-corrected data?)."
+            )
+        if self.fractional:
+            checked = max(self.sample_values - self.nonfinite, 1)
+            share = f"{self.fractional / checked:.0%}"
+            if self.fractional / checked < 0.01:
+                share = f"{self.fractional:,} of the {checked:,}"
+            if self.negative:
+                guess = "looks scaled or corrected"
+            elif self.max_value is not None and self.max_value <= 20:
+                guess = "looks log-normalised"
+            else:
+                guess = "looks normalised, or estimated counts"
+            top = f"max {self.max_value:.3g}; " if self.max_value is not None else ""
+            counts.append(
+                f"X is not counts: {share} of the stored values {where} are not whole "
+                f"numbers ({top}{guess})."
+            )
+        if self.counts_in is None:
+            found = "no layer named like counts, nor raw.X, looks like counts here."
+        elif self.counts_in == "raw.X":
+            found = "raw.X holds counts: pass use_raw=True (scdask.activity.infer)."
+        else:
+            name = self.counts_in.removeprefix("layers[").removesuffix("]")
+            found = (
+                f"{self.counts_in} holds counts: pass layer={name} "
+                "(scdask.pp.normalize_total, scdask.activity.infer)."
+            )
+        counts[-1] += f" scdask's preprocessing and activity need counts; {found}"
+        return notes + counts
 
 
 def _columns(names: list[str]) -> str:
@@ -292,11 +465,102 @@ def _store_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def inspect(path: str | os.PathLike) -> StoreInfo:
-    """Describe a store without reading its matrices: shape, layout, sizes, blocks.
+#: At most this many stored values are read from the start of a matrix to check its content.
+_SAMPLE_VALUES = 2_000_000
 
-    Reads attributes, the ``indptr``-free metadata and the column names of obs/var;
-    the number of non-zeros comes from the length of ``X/data``.
+
+def _first_values(f, source: MatrixSource, rows: int) -> tuple[int, int, np.ndarray]:
+    """The first stored values of a matrix: about ``rows`` rows, at most ``_SAMPLE_VALUES``.
+
+    Returns the rows and columns covered and the values (the non-zeros of a dense matrix).
+    A CSC matrix is sampled by its first columns, since its first rows are scattered.
+    """
+    elem = f[source.key]
+    n_obs, n_vars = source.shape
+    if source.layout == "dense":
+        n = min(rows, max(1, _SAMPLE_VALUES // max(n_vars, 1)), n_obs)
+        block = np.asarray(elem[:n])
+        return n, n_vars, block[block != 0]
+    n_major = rows if source.layout == "csr" else n_vars
+    indptr = np.asarray(elem["indptr"][: n_major + 1], dtype=np.int64)
+    start = int(indptr[0])
+    n = int(np.searchsorted(indptr, start + _SAMPLE_VALUES, side="right")) - 1
+    n = min(max(n, 1), len(indptr) - 1)  # one row (part of it) even if it is very long
+    stop = min(int(indptr[n]), start + _SAMPLE_VALUES)
+    values = np.asarray(elem["data"][start:stop])
+    return (n, n_vars, values) if source.layout == "csr" else (n_obs, n, values)
+
+
+def _value_checks(values: np.ndarray) -> dict:
+    """Counts of NaN/inf, negative and non-whole values, and the largest finite value."""
+    if values.dtype.kind == "b":
+        values = values.astype(np.uint8)
+    if values.dtype.kind not in "iuf":
+        return {"sample_values": int(values.size)}  # complex or odd: nothing to judge
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    negative = int(np.count_nonzero(finite < 0))
+    whole = finite.dtype.kind != "f" or bool(np.all(finite == np.floor(finite)))
+    fractional = 0 if whole else int(np.count_nonzero(finite != np.floor(finite)))
+    return {
+        "sample_values": int(values.size),
+        "nonfinite": int(values.size - finite.size),
+        "negative": negative,
+        "fractional": fractional,
+        "max_value": float(finite.max()) if finite.size else None,
+        "looks_like_counts": (negative == 0 and fractional == 0) if finite.size else None,
+    }
+
+
+def _counts_elsewhere(f, spath: str, fmt: Format, layers: list[str], rows: int) -> str | None:
+    """The first layer named like counts, or raw.X, whose first rows look like counts."""
+    keys = [f"layers/{k}" for k in layers if "count" in k.lower()]
+    if "raw" in f and "X" in f["raw"]:
+        keys.append("raw/X")
+    for key in keys:
+        source = matrix_source(spath, fmt, f, key, finite=False)
+        if _value_checks(_first_values(f, source, rows)[2]).get("looks_like_counts"):
+            return "raw.X" if key == "raw/X" else f"layers[{key.removeprefix('layers/')!r}]"
+    return None
+
+
+def _names(f, name: str, path: str) -> pd.Index:
+    """The index (obs or var names) of the stored dataframe ``name``."""
+    if name not in f:
+        return pd.Index([])
+    group = f[name]
+    key = group.attrs.get("_index", "_index")
+    key = key.decode() if isinstance(key, bytes) else str(key)
+    if not hasattr(group, "keys") or key not in group:
+        raise FileFormatError(
+            f"{name!r} in {path!r} is not an anndata dataframe with an index; the file was "
+            "written by an old anndata: rewrite it with ad.read_h5ad(path).write_h5ad(new_path)."
+        )
+    return pd.Index(ad.io.read_elem(group[key]))
+
+
+def _duplicates(names: pd.Index) -> tuple[int, list[str]]:
+    repeated = names.duplicated()
+    examples = [str(s) for s in dict.fromkeys(names[repeated])][:3]
+    return int(repeated.sum()), examples
+
+
+def inspect(path: str | os.PathLike) -> StoreInfo:
+    """Describe a store cheaply: shape, layout, sizes, blocks, and what to fix first.
+
+    Reads attributes, the column and index names of obs/var, ``uns["activity"]``, and
+    the start of X: the values stored in its first block of rows (of a CSC X, its first
+    columns), at most a few million. The number of non-zeros comes from the length of
+    ``X/data``; the rest of X is never read.
+
+    From those values it flags what scdask cannot use: NaN or infinite values, negative
+    values, values that are not whole numbers (X is not counts; a layer named like
+    ``counts`` or ``raw.X`` that looks like counts is then named). It also flags repeated
+    obs or var names, a CSC X (with the ``scdask convert`` command that fixes it), and a
+    file in the folder of a ``scdask run`` that did not finish. A file without X (the
+    ``cells.h5ad`` of ``scdask run``) is described from obs, var and obsm; an activity
+    result (samples x proteins, from :func:`scdask.activity.infer`) says so.
+
+    Passes over X: none (the first block of rows at most).
 
     Parameters
     ----------
@@ -306,7 +570,7 @@ def inspect(path: str | os.PathLike) -> StoreInfo:
     Returns
     -------
     StoreInfo
-        ``str(info)`` is a readable summary (what ``scdask inspect`` prints).
+        ``str(info)`` is a readable summary (what ``scdask info`` prints).
 
     Examples
     --------
@@ -317,14 +581,17 @@ def inspect(path: str | os.PathLike) -> StoreInfo:
     >>> print(info)  # doctest: +ELLIPSIS
     /...celltypist_sample_counts.h5ad (h5ad, ...)
       X:      559 cells x 32,786 genes, csr float32, ...
+    >>> info.sample_rows, info.looks_like_counts, info.nonfinite, info.duplicate_obs
+    (559, True, 0, 0)
     """
     fmt = guess_format(path)
     p = check_path(path, fmt)
     spath = str(p.resolve())
     with open_store(spath, fmt) as f:
-        if "X" not in f:
-            raise FileFormatError(f"{str(path)!r} has no X matrix; it is not an AnnData file.")
-        x = matrix_source(spath, fmt, f, "X")
+        if "X" not in f and not ("obs" in f and "var" in f):
+            raise FileFormatError(
+                f"{str(path)!r} has no X matrix and no obs/var tables; it is not an AnnData file."
+            )
         layers = {}
         if "layers" in f:
             for k in f["layers"]:
@@ -334,24 +601,58 @@ def inspect(path: str | os.PathLike) -> StoreInfo:
             raw = matrix_source(spath, fmt, f, "raw/X").shape
         obs_columns = _column_order(f["obs"]) if "obs" in f else []
         var_columns = _column_order(f["var"]) if "var" in f else []
-    n_cells = x.shape[0] * x.shape[1]
-    rows = auto_rows(x)
+        obs_names, var_names = _names(f, "obs", spath), _names(f, "var", spath)
+        obsm = sorted(f["obsm"]) if "obsm" in f else []
+        activity = None
+        if "uns" in f and "activity" in f["uns"]:
+            stored = ad.io.read_elem(f["uns"]["activity"])
+            activity = {k: v.item() if isinstance(v, np.generic) else v for k, v in stored.items()}
+        if "X" in f:
+            x = matrix_source(spath, fmt, f, "X", finite=False)
+            rows = auto_rows(x)
+            sample_rows, sample_cols, values = _first_values(f, x, rows)
+            checks = _value_checks(values)
+            if checks.get("looks_like_counts") is False and activity is None:
+                checks["counts_in"] = _counts_elsewhere(f, spath, fmt, list(layers), rows)
+            shape, layout, dtype, block_bytes = (
+                x.shape,
+                x.layout,
+                str(x.dtype),
+                rows * x.row_bytes(),
+            )
+        else:  # annotations only, such as the cells.h5ad of `scdask run`
+            x = None
+            shape, layout, dtype, block_bytes = (len(obs_names), len(var_names)), "none", "none", 0
+            rows = sample_rows = sample_cols = 0
+            checks = {}
+    n_obs_dup, obs_examples = _duplicates(obs_names)
+    n_var_dup, var_examples = _duplicates(var_names)
+    sparse = layout in ("csr", "csc")
     return StoreInfo(
         path=spath,
         format=fmt,
         file_bytes=_store_bytes(p),
-        shape=x.shape,
-        layout=x.layout,
-        dtype=str(x.dtype),
-        nnz=None if x.layout == "dense" else x.nnz,
-        density=None if x.layout == "dense" else x.nnz / max(n_cells, 1),
+        shape=shape,
+        layout=layout,
+        dtype=dtype,
+        nnz=x.nnz if sparse else None,
+        density=x.nnz / max(shape[0] * shape[1], 1) if sparse else None,
         obs_columns=obs_columns,
         var_columns=var_columns,
         layers=layers,
         raw=raw,
         chunk_rows=rows,
-        n_blocks=math.ceil(x.shape[0] / rows) if x.shape[0] else 0,
-        block_bytes=int(rows * x.row_bytes()),
+        n_blocks=math.ceil(shape[0] / rows) if rows else 0,
+        block_bytes=int(block_bytes),
+        obsm=obsm,
+        activity=activity,
+        sample_rows=sample_rows,
+        sample_cols=sample_cols,
+        duplicate_obs=n_obs_dup,
+        duplicate_var=n_var_dup,
+        duplicate_examples={"obs": obs_examples, "var": var_examples},
+        unfinished_run=(p.absolute().parent / INCOMPLETE).exists(),
+        **checks,
     )
 
 

@@ -30,12 +30,13 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from scdask import _progress
 from scdask._compute import active_client
 from scdask._errors import InputError
-from scdask._files import atomic_target
+from scdask._files import atomic_target, refuse_to_replace
 from scdask._ops import CSCBlock, CSRBlock
 from scdask.io._read import MatrixSource
-from scdask.io._store import Format
+from scdask.io._store import Format, is_zarr_store
 
 __all__ = ["write_h5ad", "write_zarr"]
 
@@ -76,14 +77,17 @@ def write_h5ad(
         The AnnData to write; lazy or in memory.
     path
         Destination ``.h5ad`` file. May exist (it is replaced when the new file is
-        complete) unless ``adata`` reads its matrices from it.
+        complete) unless it is one of ``adata``'s inputs (see Raises).
     compression
         HDF5 filter for the matrices and tables: ``None``, ``"gzip"`` or ``"lzf"``.
 
     Raises
     ------
-    ValueError
-        ``path`` is a file ``adata`` still reads from.
+    scdask.InputError
+        ``path`` is a file ``adata`` was made from (read lazily, or recorded by an
+        in-memory result), a link to one, a folder holding one or a path inside one:
+        checked before anything is written. anndata's own ``adata.write_h5ad`` has no such
+        guard; write through scdask to keep inputs safe.
     FileNotFoundError
         The folder of ``path`` does not exist.
 
@@ -162,7 +166,13 @@ def write_store(
         raise FileNotFoundError(
             f"Cannot write {str(path)!r}: the folder {str(target.parent)!r} does not exist."
         )
-    _refuse_self_overwrite(adata, target)
+    refuse_to_replace([target], sources_of(adata))
+    if target.is_dir() and (fmt == "h5ad" or not is_zarr_store(target)):
+        raise InputError(
+            f"refusing to write {str(path)!r}: it is a folder"
+            + ("" if fmt == "h5ad" else " but not a zarr store")
+            + ", which would be replaced; name a new file or store inside it, or another path"
+        )
     with atomic_target(target) as tmp:
         with _create_store(tmp, fmt) as root:
             _write_anndata(root, adata, opts)
@@ -234,7 +244,8 @@ def _create_store(path: Path, fmt: Format) -> Iterator:
 
 
 def sources_of(adata: ad.AnnData) -> set[str]:
-    """Paths of the files the lazy matrices of ``adata`` read from (from their graphs).
+    """Paths of the files ``adata`` was made from: those its lazy matrices read (found in
+    their graphs) and those an in-memory result records in ``uns["activity"]["sources"]``.
 
     Examples
     --------
@@ -246,7 +257,8 @@ def sources_of(adata: ad.AnnData) -> set[str]:
     arrays = [adata.X, *adata.layers.values(), *adata.obsm.values(), *adata.varm.values()]
     if adata.raw is not None:
         arrays.append(adata.raw.X)
-    paths: set[str] = set()
+    recorded = adata.uns.get("activity", {})
+    paths = {str(p) for p in recorded.get("sources", ())} if isinstance(recorded, dict) else set()
     for arr in arrays:
         if not isinstance(arr, da.Array):
             continue
@@ -262,19 +274,6 @@ def _paths_in(task) -> Iterator[str]:
     for arg in args:
         if isinstance(arg, MatrixSource):
             yield arg.path
-
-
-def _refuse_self_overwrite(adata: ad.AnnData, target: Path) -> None:
-    if not target.exists():
-        return
-    for source in sources_of(adata):
-        with contextlib.suppress(OSError):
-            if os.path.samefile(source, target):
-                raise InputError(
-                    f"Cannot write to {str(target)!r}: this AnnData still reads its matrices "
-                    "from that file, so replacing it would corrupt the result. Write to a new "
-                    "path, then move the new file onto the old one."
-                )
 
 
 # -- one matrix ------------------------------------------------------------------------------
@@ -309,6 +308,7 @@ def _stream(sinks: list[_Sink], opts: WriteOptions) -> None:
     groups: dict[tuple, list[_Sink]] = {}
     for sink in sinks:
         groups.setdefault((sink.axis, sink.x.chunks[sink.axis]), []).append(sink)
+    _progress.expect(sum(len(chunks) for _, chunks in groups))
     for members in groups.values():
         per_sink = [m.x.to_delayed(optimize_graph=False).ravel() for m in members]
         units = [dask.delayed(list(blocks)) for blocks in zip(*per_sink, strict=True)]
@@ -316,6 +316,7 @@ def _stream(sinks: list[_Sink], opts: WriteOptions) -> None:
             for sink, block in zip(members, blocks, strict=True):
                 sink.append(block)
             del blocks  # not alive while the next unit is awaited
+            _progress.advance()
         for sink in members:
             sink.close()
 

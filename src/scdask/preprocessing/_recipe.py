@@ -51,7 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scdask._compute import compute
-from scdask._errors import InputError
+from scdask._errors import InputError, counts_fix, require_counts
 from scdask.preprocessing._blocks import (
     csr,
     get_matrix,
@@ -87,16 +87,31 @@ _HVG_CUTOFFS = (0.0125, 3, 0.5, np.inf)
 def _qc_kernel(indptr, indices, data, masks, min_genes, cells, genes):  # pragma: no cover
     """Pass 1 in one sweep over the stored values (explicit zeros skipped).
 
-    ``cells[r]``: genes detected, total, totals per row of ``masks``; ``genes[j]``: cells
+    ``cells[r]``: genes detected, total, totals per row of ``masks``, then its values that
+    are non-finite, negative and not whole (the counts check); ``genes[j]``: cells
     detected, total, cells detected among the cells with at least ``min_genes`` genes (the
     three side by side, so a value touches one cache line). Sums run in float64 in the
     order of the rows and values, like scanpy's (and bincount's) arithmetic.
     """
+    checks = cells.shape[1] - 3
     for r in range(indptr.shape[0] - 1):
         lo, hi = indptr[r], indptr[r + 1]
         count = 0
+        nonfinite = 0
+        negative = 0
+        fractional = 0
         for a in range(lo, hi):
-            count += data[a] != 0
+            value = np.float64(data[a])
+            count += value != 0
+            if not np.isfinite(value):
+                nonfinite += 1
+            elif value < 0:
+                negative += 1
+            elif value != np.floor(value):
+                fractional += 1
+        cells[r, checks] = nonfinite
+        cells[r, checks + 1] = negative
+        cells[r, checks + 2] = fractional
         kept = 1.0 if count >= min_genes else 0.0
         total = 0.0
         for a in range(lo, hi):
@@ -122,7 +137,7 @@ def _qc_pass(block, masks, *, min_genes: int):
     """Pass 1: per cell QC (as ``_qc_cells``); per gene QC (as ``_qc_genes``) and detected
     cells among the cells with at least ``min_genes`` genes."""
     m = _plain_csr(block)
-    cells = np.zeros((m.shape[0], 2 + masks.shape[0]))
+    cells = np.zeros((m.shape[0], 2 + masks.shape[0] + 3))
     genes = np.zeros((m.shape[1], 3))
     _qc_kernel(m.indptr, m.indices, m.data, masks, min_genes, cells, genes)
     return cells, genes.T
@@ -292,7 +307,10 @@ def recipe(
     fused into the same pass and the scaled matrix never formed (see the module notes).
 
     Passes over X: 4 (QC + filters; normalisation + HVG + scale statistics; Gram of the
-    scaled HVG matrix; projection), one ``dask.compute`` each.
+    scaled HVG matrix; projection), one ``dask.compute`` each. The first pass also checks
+    that ``X`` holds counts (finite, non-negative, whole numbers): log-normalised or scaled
+    data raises :class:`scdask.InputError` naming where the counts are, instead of being
+    normalised again.
 
     Parameters
     ----------
@@ -349,6 +367,11 @@ def recipe(
     if missing:
         annotate_gene_groups(adata, groups=missing)
     x = get_matrix(adata)
+    if x.shape[0] < 2 or x.shape[1] == 0:
+        raise InputError(
+            f"recipe needs at least 2 cells and 1 gene; X has {x.shape[0]} cells x "
+            f"{x.shape[1]} genes (check the file or the filter that made it)"
+        )
     lazy = lazy_matrix(x)
     dtype = np.dtype(np.float32) if np.issubdtype(x.dtype, np.integer) else np.dtype(x.dtype)
     masks = np.array([np.asarray(adata.var[q], dtype=bool) for q in qc_vars]).reshape(
@@ -359,6 +382,7 @@ def recipe(
     cells, gene_stats = dask.compute(
         *per_block_pass(lazy, _qc_pass, shared=[masks], min_genes=min_genes)
     )
+    require_counts(cells[:, -3:].sum(axis=0), step="recipe", fix=counts_fix(adata))
     genes, kept_genes = gene_stats[:2], gene_stats[2]
     total_dtype = sum_dtype(x.dtype)
     adata.obs["n_genes_by_counts"] = cells[:, 0].astype(np.int64)
