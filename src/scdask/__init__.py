@@ -21,7 +21,16 @@ from scdask import (
 )
 from scdask import preprocessing as pp
 from scdask._errors import InputError
-from scdask.io import read_h5ad, read_zarr, write_h5ad, write_zarr
+from scdask.io import (
+    read,
+    read_10x_h5,
+    read_10x_mtx,
+    read_h5ad,
+    read_visium,
+    read_zarr,
+    write_h5ad,
+    write_zarr,
+)
 
 __all__ = [
     "InputError",
@@ -31,7 +40,11 @@ __all__ = [
     "launch",
     "plotting",
     "pp",
+    "read",
+    "read_10x_h5",
+    "read_10x_mtx",
     "read_h5ad",
+    "read_visium",
     "read_zarr",
     "write_h5ad",
     "write_zarr",

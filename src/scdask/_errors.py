@@ -25,21 +25,24 @@ class InputError(ValueError):
     """
 
 
-def counts_fix(adata) -> str:
+def counts_fix(adata, *, layer: str | None = None, use_raw: bool | None = False) -> str:
     """How to point a counts-only step at the counts this AnnData holds, in a few words.
+
+    ``layer``/``use_raw``: what the step read (a layer named like counts other than that
+    one, or ``.raw`` when it was not read, is suggested).
 
     Examples
     --------
     >>> import anndata as ad, numpy as np
     >>> a = ad.AnnData(np.ones((2, 2)), layers={"counts": np.ones((2, 2))})
     >>> counts_fix(a)
-    "pass the counts: adata.X = adata.layers['counts']"
+    "point it at the counts: layer='counts'"
     """
-    names = [k for k in getattr(adata, "layers", {}) if "count" in k.lower()]
+    names = [k for k in getattr(adata, "layers", {}) if "count" in k.lower() and k != layer]
     if names:
-        return f"pass the counts: adata.X = adata.layers[{names[0]!r}]"
-    if getattr(adata, "raw", None) is not None:
-        return "pass the counts: adata = adata.raw.to_adata() (if .raw holds counts)"
+        return f"point it at the counts: layer={names[0]!r}"
+    if getattr(adata, "raw", None) is not None and not use_raw:
+        return "point it at the counts: use_raw=True (if .raw holds counts)"
     return "pass the raw counts (the file before normalisation)"
 
 

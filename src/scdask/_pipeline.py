@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "FIGURES",
     "check_run",
+    "detect_matrix",
     "load_config",
     "run_outputs",
     "run_pipeline",
@@ -42,6 +43,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "output": "scdask-results",
     "chunk_size": "auto",
     "launcher": {"kind": "local", "options": {}},
+    # where the counts and the gene symbols are; null: detected from the file (detect_matrix)
+    "matrix": {"layer": None, "use_raw": None, "gene_symbols": None},
     "preprocess": {
         "min_genes": 200,
         "min_cells": 3,
@@ -62,6 +65,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "dtype": "float64",
         # layers written for per-cell/per-spot results (pseudobulk/bulk keep all four)
         "layers": ["beta", "se", "zscore", "pvalue"],
+        # a two-column TSV (data gene -> signature gene), e.g. mouse -> human orthologs
+        "gene_map": None,
     },
     "plots": True,
 }
@@ -220,6 +225,28 @@ def _columns(value: Any) -> Any:
     return list(value) if ok else _NO
 
 
+def _name_or_null(value: Any) -> Any:
+    return value if value is None or (isinstance(value, str) and value.strip()) else _NO
+
+
+def _flag_or_null(value: Any) -> Any:
+    return value if value is None or isinstance(value, bool) else _NO
+
+
+def _gene_map(value: Any) -> Any:
+    if value is None:
+        return None
+    if not _is_path(value):
+        return _NO
+    path = os.fspath(value)
+    if Path(path).is_file():
+        return path
+    raise ConfigError(
+        f"activity.gene_map: no such file {path!r} (relative paths are read from the current "
+        f"folder, {os.getcwd()}); fix the path, or write gene_map: null"
+    )
+
+
 def _signature(value: Any) -> Any:
     if not _is_path(value):
         return _NO
@@ -252,6 +279,24 @@ _RULES: tuple[tuple[str, str, Callable[[Any], Any], str], ...] = (
         "e.g. options: {n_workers: 4}",
     ),
     ("plots", *_FLAG, "write plots: true or plots: false"),
+    (
+        "matrix.layer",
+        "a layer name or null",
+        _name_or_null,
+        "e.g. layer: counts (null: detected from the file)",
+    ),
+    (
+        "matrix.use_raw",
+        "true, false or null",
+        _flag_or_null,
+        "e.g. use_raw: true (null: detected from the file)",
+    ),
+    (
+        "matrix.gene_symbols",
+        "a var column name or null",
+        _name_or_null,
+        "e.g. gene_symbols: feature_name (null: detected from the file)",
+    ),
     ("preprocess.min_genes", *_whole(0), "e.g. min_genes: 200"),
     ("preprocess.min_cells", *_whole(0), "e.g. min_cells: 3"),
     ("preprocess.target_sum", *_positive(), "e.g. target_sum: 1e4"),
@@ -282,6 +327,12 @@ _RULES: tuple[tuple[str, str, Callable[[Any], Any], str], ...] = (
     ("activity.rng", *_one_of(RNG_METHODS), "e.g. rng: srand"),
     ("activity.dtype", *_one_of(("float64", "float32")), "e.g. dtype: float64"),
     ("activity.layers", *_some_of(STATS), "e.g. layers: [zscore, pvalue]"),
+    (
+        "activity.gene_map",
+        "null or the path of a two-column tab-separated file",
+        _gene_map,
+        "e.g. gene_map: mouse_to_human.tsv",
+    ),
 )
 
 
@@ -358,6 +409,15 @@ def load_config(source: str | os.PathLike | Mapping | None = None, **overrides: 
     * ``launcher.kind``: ``local``, ``cuda``, ``slurm``, ``connect`` or ``none``;
       ``launcher.options``: a mapping of option names (null is an empty one).
     * ``plots``, ``preprocess.umap``: true or false.
+    * ``matrix``: where the counts and the gene symbols are, for every step.
+      ``matrix.layer``: a layer name or null; ``matrix.use_raw``: true, false or null;
+      not ``layer`` with ``use_raw: true``. ``matrix.gene_symbols``: a ``var`` column
+      name or null (the column of gene symbols, used for the mt/ribo/hb rules of the QC
+      and matched to the signature). null (the default) is detected from the file by
+      :func:`detect_matrix`: counts from ``X`` unless ``X`` does not hold counts and a
+      layer named like counts or ``raw.X`` does (CELLxGENE files); symbols from a column
+      such as ``feature_name`` when the gene names are Ensembl IDs. A value set here
+      replaces what would be detected.
     * ``preprocess.min_genes``, ``min_cells``: whole numbers >= 0; ``n_top_genes``,
       ``n_comps``: whole numbers >= 1; ``target_sum``: a number > 0; ``max_value``: a
       number > 0, or null for no clipping; ``flavor``: ``seurat`` or ``cell_ranger`` (the
@@ -365,9 +425,13 @@ def load_config(source: str | os.PathLike | Mapping | None = None, **overrides: 
     * ``activity.levels``: one or more of ``cell``, ``pseudobulk``, ``spot``, ``bulk``, no
       repeats; ``activity.layers``: one or more of ``beta``, ``se``, ``zscore``,
       ``pvalue``, no repeats. A single name (``levels: pseudobulk``) is a one-item list.
-    * ``activity.cell_type_col``: an ``obs`` column name, a list of them, or null; null is
+    * ``activity.cell_type_col``: an ``obs`` column name, a list of them (pseudobulk
+      groups are then their combinations, named ``"D1|T cells"``), or null; null is
       refused when ``levels`` holds ``pseudobulk``, which groups cells by it.
     * ``activity.signature``: ``secact``, ``cytosig`` (any case) or an existing file.
+    * ``activity.gene_map``: null or an existing two-column tab-separated file (data
+      gene -> signature gene, e.g. mouse -> human orthologs; see
+      :func:`scdask.activity.infer`).
     * ``activity.n_rand``, ``seed``: whole numbers >= 0; ``rng``: ``srand``, ``gsl`` or
       ``numpy``; ``dtype``: ``float64`` or ``float32``.
 
@@ -435,6 +499,12 @@ def load_config(source: str | os.PathLike | Mapping | None = None, **overrides: 
         if checked is _NO:
             raise ConfigError(_refusal(key, want, value, accept, example))
         section[leaf] = checked
+    m = cfg["matrix"]
+    if m["layer"] is not None and m["use_raw"]:
+        raise ConfigError(
+            f"matrix.layer is {m['layer']!r} and matrix.use_raw is true, but the counts are "
+            "in one place: keep one of them (write the other as null)"
+        )
     a = cfg["activity"]
     if "pseudobulk" in a["levels"] and a["cell_type_col"] is None:
         raise ConfigError(
@@ -443,6 +513,80 @@ def load_config(source: str | os.PathLike | Mapping | None = None, **overrides: 
             "from activity.levels"
         )
     return cfg
+
+
+def detect_matrix(
+    adata: ad.AnnData,
+    path: str | os.PathLike | None,
+    given: Mapping[str, Any] | None = None,
+    *,
+    source: str = "config",
+) -> tuple[dict[str, Any], str]:
+    """Where the counts and the gene symbols of ``adata`` (read from ``path``) are.
+
+    What ``given`` sets (``layer``, ``use_raw``, ``gene_symbols``; ``None`` for unset) is
+    kept; the rest is detected cheaply, from the first stored values of the file's
+    matrices (:func:`scdask.io._tools.looks_like_counts`) and the gene names:
+
+    * the counts are ``X``, unless ``X`` does not look like counts (log-normalised,
+      scaled) and a layer named like ``counts`` or else ``raw.X`` does: then that one
+      (the CELLxGENE layout: normalised ``X``, counts in ``raw.X``);
+    * the gene symbols are ``var_names``, unless most of the names of the chosen matrix's
+      genes are Ensembl IDs (``ENSG…``, ``ENSMUSG…``) and ``var`` has a column
+      ``feature_name``, ``gene_symbols``, ``gene_name``, ``gene_symbol`` or ``symbol``.
+
+    Returns the keyword arguments for :func:`scdask.pp.recipe` and
+    :func:`scdask.activity.infer` (``layer``, ``use_raw``, ``gene_symbols``) and the one
+    line that says what was used. ``source`` names where ``given`` came from, for that
+    line.
+
+    Raises
+    ------
+    scdask.InputError
+        ``given`` sets both ``layer`` and ``use_raw=True``.
+
+    Examples
+    --------
+    >>> import scdask
+    >>> adata = scdask.read_h5ad(scdask.datasets.sample_path())
+    >>> detect_matrix(adata, scdask.datasets.sample_path())
+    ({'layer': None, 'use_raw': False, 'gene_symbols': None}, '[scdask] counts from X; gene symbols from var_names')
+    """
+    from scdask.io._tools import looks_like_counts
+    from scdask.preprocessing._blocks import matrix_name, symbol_column
+
+    given = dict(given or {})
+    layer, use_raw, symbols = (given.get(k) for k in ("layer", "use_raw", "gene_symbols"))
+    if layer is not None and use_raw:
+        raise InputError(
+            f"the {source} sets both layer ({layer!r}) and use_raw: the counts are in one "
+            "place; keep one of them"
+        )
+    why = ""
+    if layer is not None or use_raw is not None:
+        why = f" (set by the {source})"
+        use_raw = bool(use_raw)
+    else:
+        use_raw = False
+        if path is not None and looks_like_counts(path, "X") is False:
+            why = " (X is not counts, and no layer named like counts nor raw.X is)"
+            candidates = [(k, f"layers/{k}") for k in adata.layers if "count" in k.lower()]
+            if adata.raw is not None:
+                candidates.append((None, "raw/X"))
+            for name, key in candidates:
+                if looks_like_counts(path, key):
+                    layer, use_raw = name, name is None
+                    why = " (X is not counts)"
+                    break
+    if symbols is not None:
+        shown = f"var[{symbols!r}] (set by the {source})"
+    else:
+        genes = adata.raw.var if use_raw and adata.raw is not None else adata.var
+        symbols = symbol_column(genes, adata.var)
+        shown = "var_names" if symbols is None else f"var[{symbols!r}] (var_names are Ensembl IDs)"
+    where = matrix_name(layer=layer, use_raw=use_raw)
+    line = f"[scdask] counts from {where}{why}; gene symbols from {shown}"
+    return {"layer": layer, "use_raw": use_raw, "gene_symbols": symbols}, line
 
 
 def start_engine(launcher: Mapping) -> Any:
@@ -507,7 +651,6 @@ def run_pipeline(
     >>> sorted(run_pipeline(cfg, log=lambda s: None))  # doctest: +SKIP
     ['activity_pseudobulk', 'cells']
     """
-    import contextlib
 
     import scdask
     from scdask import activity, pp
@@ -523,18 +666,21 @@ def run_pipeline(
         "and removes this file.\n"
     )
     written: dict[str, Path] = {}
-    step = progress or (lambda name: contextlib.nullcontext())
 
     def timed(name: str, func: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
         log(f"[scdask] {name} ...")
-        with step(name):
-            result = func()
+        if progress is not None:  # the step reports, and closes with its time
+            with progress(name):
+                return func()
+        t0 = time.perf_counter()
+        result = func()
         log(f"[scdask] {name}: {time.perf_counter() - t0:.1f} s")
         return result
 
-    counts = scdask.read_h5ad(src, chunk_size=cfg["chunk_size"])
+    counts = scdask.read(src, chunk_size=cfg["chunk_size"])
     log(f"[scdask] input {src}: {counts.n_obs:,} cells x {counts.n_vars:,} genes")
+    where, line = detect_matrix(counts, src, cfg["matrix"])
+    log(line)
 
     p = cfg["preprocess"]
     adata = timed(
@@ -548,6 +694,7 @@ def run_pipeline(
             flavor=p["flavor"],
             max_value=p["max_value"],
             n_comps=p["n_comps"],
+            **where,
             copy=True,
             verbose=False,
         ),
@@ -567,6 +714,8 @@ def run_pipeline(
         "seed": a["seed"],
         "rng": a["rng"],
         "dtype": np.dtype(a["dtype"]),
+        "gene_map": a["gene_map"],
+        **where,
     }
     results: dict[str, ad.AnnData] = {}
     for level in a["levels"]:
@@ -689,7 +838,10 @@ def _figures(adata: ad.AnnData, results: Mapping, a: Mapping, out: Path) -> dict
         func(*args, save=path, **kwargs)
         figs[f"figure_{name}"] = path
 
-    ct = a["cell_type_col"] if a["cell_type_col"] in adata.obs else None
+    # several grouping columns (donor, type): colour by the last one, the finest-grained
+    columns = a["cell_type_col"]
+    column = columns[-1] if isinstance(columns, list) else columns
+    ct = column if column is not None and column in adata.obs else None
     save("qc", plotting.qc, adata, groupby=ct)
     save("hvg", plotting.hvg, adata)
     save("pca", plotting.embedding, adata, basis="pca", color=ct)

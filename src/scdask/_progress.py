@@ -60,7 +60,7 @@ class _Step:
     def _line(self) -> str:
         elapsed = time.perf_counter() - self.t0
         counts = self._counts()
-        return f"[scdask] {self.name}: {elapsed:.1f} s" + (f", {counts}" if counts else "")
+        return f"[scdask] {self.name}: {elapsed:.1f} s so far" + (f", {counts}" if counts else "")
 
     def _bar(self) -> str:
         elapsed = time.perf_counter() - self.t0
@@ -103,8 +103,6 @@ class _Step:
         """Stop the thread (nothing is written after this returns) and close the report."""
         self.stopped.set()
         self.thread.join()
-        if not self.printed:
-            return  # a short step: nothing to close
         if self.tty:
             self._draw()
             self._write("\n")
@@ -134,9 +132,9 @@ def step(
 
     On a terminal one line is redrawn in place a few times a second (a bar once the number of
     blocks is known) and ended when the step ends. Elsewhere a line such as
-    ``[scdask] NAME: 12.3 s, 14/98 blocks`` is printed at least every ``interval`` seconds,
-    and a closing line at the end if any line was printed (a step shorter than ``interval``
-    prints nothing). Nothing is printed once the step has ended.
+    ``[scdask] NAME: 12.3 s so far, 14/98 blocks`` is printed at least every ``interval``
+    seconds, and one closing line at the end (``done in`` or ``stopped after``), also for a
+    step shorter than ``interval``. Nothing is printed once the step has ended.
 
     Parameters
     ----------

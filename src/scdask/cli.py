@@ -28,6 +28,7 @@ _EPILOG = {
     "config.yaml (every key optional):\n"
     "  input: atlas.h5ad\n  output: results\n"
     "  launcher: {kind: slurm, options: {profile: cpu, jobs: 4}}\n"
+    "  matrix: {use_raw: true, gene_symbols: feature_name}   # null/absent: detected\n"
     "  preprocess: {min_genes: 200, n_top_genes: 2000, n_comps: 50, umap: true}\n"
     "  activity: {levels: [pseudobulk, cell], cell_type_col: cell_type, n_rand: 1000}",
     "preprocess": "example:\n  scdask preprocess atlas.h5ad cells.h5ad --n-top-genes 2000",
@@ -76,6 +77,30 @@ def _parser() -> argparse.ArgumentParser:
         "a scheduler address (tls://host:8786) or a scheduler file"
     )
 
+    def add_matrix_options(p: argparse.ArgumentParser) -> None:
+        """--layer / --use-raw / --gene-symbols: where the counts and the symbols are."""
+        p.add_argument(
+            "--layer",
+            default=None,
+            help="layer that holds the counts (default: detected: X, or a layer named like "
+            "counts or raw.X when X is not counts)",
+        )
+        p.add_argument(
+            "--use-raw",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="read the counts from raw.X (--no-use-raw: from X) (default: detected, as "
+            "for --layer)",
+        )
+        p.add_argument(
+            "--gene-symbols",
+            default=None,
+            metavar="COLUMN",
+            help="var column of gene symbols, for the mt/ribo/hb QC rules and the signature "
+            "(default: detected: feature_name, gene_symbols, ... when var_names are "
+            "Ensembl IDs, else var_names)",
+        )
+
     p = add("demo", "the main job on the bundled real sample, on a local cluster")
     p.add_argument("--out", default="scdask-demo", help="output folder (default: %(default)s)")
     p.add_argument(
@@ -109,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         "--n-top-genes", type=_whole(1), default=2000, help="highly variable genes kept for PCA"
     )
     p.add_argument("--n-comps", type=_whole(1), default=50, help="principal components")
+    add_matrix_options(p)
     p.add_argument("--launcher", type=_launcher, default="local", help=launcher_help)
 
     p = add(
@@ -130,8 +156,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--level", default="cell", choices=LEVELS, help="what one result row is")
     p.add_argument(
         "--cell-type-col",
+        nargs="+",
         default=DEFAULT_CONFIG["activity"]["cell_type_col"],
-        help="obs column whose values are the pseudobulk groups (pseudobulk only)",
+        metavar="COLUMN",
+        help="obs column whose values are the pseudobulk groups (pseudobulk only); several "
+        "columns group by their combination (--cell-type-col donor_id cell_type: groups "
+        "such as 'D1|T cells')",
     )
     p.add_argument("--signature", default="secact", help="secact, cytosig or a TSV file")
     p.add_argument(
@@ -146,6 +176,15 @@ def _parser() -> argparse.ArgumentParser:
         default="float64",
         choices=["float64", "float32"],
         help="float64 reproduces secactpy; float32 is about 2x faster (z within ~1e-4)",
+    )
+    add_matrix_options(p)
+    p.add_argument(
+        "--gene-map",
+        default=None,
+        metavar="TSV",
+        help="two-column tab-separated file renaming genes before they are matched to the "
+        "signature (data gene -> signature gene, e.g. mouse -> human orthologs) (default: "
+        "none; genes keep their names)",
     )
     p.add_argument("--launcher", type=_launcher, default="local", help=launcher_help)
 
@@ -217,7 +256,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Descriptions and epilogs as written; every option's default shown in its help."""
+    """Descriptions and epilogs as written; every option's default shown in its help (an
+    option without a value by default says in words what happens, e.g. detected)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None and "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 @contextlib.contextmanager
@@ -279,6 +324,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     _check_output(args.output, args.input)
     with _engine(args.launcher), step(f"preprocess {args.input}"):
         adata = _open(args.input)
+        where = _where(adata, args)
         scdask.pp.recipe(
             adata,
             min_genes=args.min_genes,
@@ -286,6 +332,7 @@ def _preprocess(args: argparse.Namespace) -> int:
             target_sum=args.target_sum,
             n_top_genes=args.n_top_genes,
             n_comps=args.n_comps,
+            **where,
         )
         scdask.write_h5ad(adata, args.output)
     _log(f"[scdask] wrote {args.output}")
@@ -299,20 +346,40 @@ def _activity(args: argparse.Namespace) -> int:
     from scdask._progress import step
 
     _check_output(args.output, args.input)
+    columns = args.cell_type_col
+    if isinstance(columns, list) and len(columns) == 1:
+        columns = columns[0]
     with _engine(args.launcher), step(f"activity ({args.level}) {args.input}"):
+        adata = _open(args.input)
+        if args.level == "bulk":  # X is the bulk profile: nothing to detect
+            where = {k: getattr(args, k) for k in ("layer", "use_raw", "gene_symbols")}
+        else:
+            where = _where(adata, args)
         res = scdask.activity.infer(
-            _open(args.input),
+            adata,
             level=args.level,
-            cell_type_col=args.cell_type_col if args.level == "pseudobulk" else None,
+            cell_type_col=columns if args.level == "pseudobulk" else None,
             signature=args.signature,
             n_rand=args.n_rand,
             seed=args.seed,
             rng=args.rng,
             dtype=np.dtype(args.dtype),
+            gene_map=args.gene_map,
+            **where,
         )
         scdask.write_h5ad(res, args.output)
     _log(f"[scdask] wrote {args.output}: {res.n_obs:,} samples x {res.n_vars:,} proteins")
     return 0
+
+
+def _where(adata, args: argparse.Namespace) -> dict[str, Any]:
+    """--layer/--use-raw/--gene-symbols, the rest detected from the file; says which."""
+    from scdask._pipeline import detect_matrix
+
+    given = {k: getattr(args, k) for k in ("layer", "use_raw", "gene_symbols")}
+    where, line = detect_matrix(adata, args.input, given, source="command line")
+    _log(line)
+    return where
 
 
 def _check_output(output: str, source: str) -> None:
@@ -326,17 +393,29 @@ def _check_output(output: str, source: str) -> None:
 
 
 def _open(path: str):
-    """A lazy AnnData from an .h5ad file or a zarr store (a folder)."""
+    """A lazy AnnData from any file or folder :func:`scdask.read` takes."""
     import scdask
-    from scdask.io._store import guess_format
 
-    return scdask.read_zarr(path) if guess_format(path) == "zarr" else scdask.read_h5ad(path)
+    return scdask.read(path)
 
 
 def _info(args: argparse.Namespace) -> int:
     import scdask
+    from scdask.io._dispatch import is_anndata_store
 
-    print(scdask.io.inspect(args.input))
+    if not Path(args.input).expanduser().exists() or is_anndata_store(args.input):
+        print(scdask.io.inspect(args.input))
+        return 0
+    adata = _open(args.input)  # 10x .h5, mtx folder or Space Ranger folder
+    print(
+        f"{args.input} (10x counts, read lazily by scdask.read)\n"
+        f"  X:      {adata.n_obs:,} cells x {adata.n_vars:,} genes\n"
+        f"  obs:    {', '.join(adata.obs.columns) or 'no columns'}\n"
+        f"  var:    {', '.join(adata.var.columns) or 'no columns'}\n"
+        f"  obsm:   {', '.join(adata.obsm) or 'none'}\n"
+        f"  note:   every scdask command reads it as it is; for repeated runs, convert once: "
+        f"scdask convert {args.input} counts.h5ad"
+    )
     return 0
 
 

@@ -343,3 +343,20 @@ def test_int64_indptr_gives_int32_blocks(sources, tmp_path):
     blocks = dask.compute(*read_h5ad(path, chunk_size=10).X.to_delayed().ravel())
     assert all(b.indices.dtype == b.indptr.dtype == np.int32 for b in blocks)
     _assert_same_csr(sp.vstack(blocks), ad.read_h5ad(sources["csr"]).X)
+
+
+@pytest.mark.parametrize("shard", [False, True], ids=["v3", "v3-sharded"])
+def test_zarr_v3_stores_read_equal(tmp_path, shard):
+    import scdask
+
+    adata = scdask.datasets.sample()
+    options = {"zarr_write_format": 3}
+    if shard:
+        options["auto_shard_zarr_v3"] = True
+    with ad.settings.override(**options):
+        adata.write_zarr(tmp_path / "s.zarr")
+    if shard:  # the store really is sharded
+        assert "sharding_indexed" in (tmp_path / "s.zarr" / "X" / "data" / "zarr.json").read_text()
+    lazy = scdask.read(tmp_path / "s.zarr", chunk_size=200)
+    assert lazy.X.numblocks[0] == 3
+    np.testing.assert_array_equal(lazy.X.compute().toarray(), adata.X.toarray())

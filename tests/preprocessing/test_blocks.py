@@ -100,7 +100,14 @@ def test_qc_pass_matches_the_qc_kernels():
     masks = np.zeros((2, 300), dtype=bool)
     masks[0, :20], masks[1, 100:130] = True, True
     cells, genes = _qc_pass(scdask._ops.as_block(m), masks, min_genes=25)
-    np.testing.assert_allclose(cells, _qc_cells(m, masks, ns=()), rtol=1e-6)
+    np.testing.assert_allclose(cells[:, :-3], _qc_cells(m, masks, ns=()), rtol=1e-6)
+    # the last three columns: per cell, values non-finite, negative and not whole
+    bad = m.copy()
+    bad.data[1], bad.data[2], bad.data[3] = -1.0, np.nan, 4.0
+    checks = _qc_pass(scdask._ops.as_block(bad), masks, min_genes=25)[0][:, -3:]
+    rows = [scdask._ops.value_problems(bad[[r]]) for r in range(bad.shape[0])]
+    np.testing.assert_array_equal(checks, np.array(rows))
+    assert checks[:, :2].sum(axis=0).tolist() == [1, 1]
     np.testing.assert_allclose(genes[:2], _qc_genes(m))
     kept = (m.toarray() != 0).sum(axis=1) >= 25
     np.testing.assert_array_equal(genes[2], (m.toarray()[kept] != 0).sum(axis=0))

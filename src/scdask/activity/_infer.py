@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import anndata as ad
 import dask
@@ -21,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scdask._compute import active_client, compute
-from scdask._errors import InputError, require_counts
+from scdask._errors import InputError, counts_fix, require_counts
 from scdask._ops import CSRBlock, value_problems
 from scdask.activity._results import make_result
 from scdask.activity._ridge import (
@@ -39,12 +41,12 @@ from scdask.activity._ridge import (
 )
 from scdask.activity._signature import BUNDLED_SIGNATURES, group_signatures, load_signature
 from scdask.io._write import sources_of
+from scdask.preprocessing._blocks import gene_names, get_matrix, matrix_name, symbol_column
 
 __all__ = ["LEVELS", "infer"]
 
 LEVELS = ("cell", "pseudobulk", "spot", "bulk")
 GENE_ORDERS = ("expression", "signature", "sorted")
-_SYMBOL_COLUMNS = ("gene_name", "feature_name", "gene_symbol", "symbol")
 _BLOCK_ROWS = 5000  # rows per block when an in-memory matrix is wrapped as a dask array
 #: Most cells per ridge task: at n_rand=1000 a cell costs ~0.1 s of permutations, so read
 #: blocks are split for load balance and progress.
@@ -170,40 +172,126 @@ def _frame_as_anndata(frame: pd.DataFrame) -> ad.AnnData:
     )
 
 
-def _symbols(names: pd.Index, var: pd.DataFrame) -> pd.Index:
-    """Ensembl IDs -> symbols (var column), then upper-case and cut at the first '.'."""
-    names = pd.Index(names.astype(str))
-    ensembl = names.str.startswith("ENSG") | names.str.startswith("ENSMUSG")
-    if ensembl.mean() > 0.5:
-        column = next((c for c in _SYMBOL_COLUMNS if c in var.columns), None)
-        if column is not None:
-            names = pd.Index(var[column].astype(str))
-    return pd.Index(names.str.upper().str.split(".").str[0])
+def _gene_labels(adata: ad.AnnData, *, use_raw: bool, gene_symbols: str | None) -> pd.Index:
+    """The genes' names as written: ``var[gene_symbols]``, or by default the first symbol
+    column (``feature_name``, ``gene_symbols``, ...) when most ``var_names`` are Ensembl
+    IDs, else ``var_names`` (of ``raw.var`` with ``use_raw``)."""
+    if gene_symbols is None:
+        table = adata.raw.var if use_raw else adata.var
+        gene_symbols = symbol_column(table, adata.var)
+    return gene_names(adata, gene_symbols=gene_symbols, use_raw=use_raw)
 
 
-def _matrix(adata: ad.AnnData, *, layer, use_raw: bool):
-    """The count matrix (samples x genes), its gene table and names."""
-    if layer is not None:
-        return adata.layers[layer], adata.var
-    if use_raw and adata.raw is not None:
-        return adata.raw.X, adata.raw.var
-    return adata.X, adata.var
+def _cut(names: pd.Index) -> pd.Index:
+    """Names cut at the first '.' (secactpy's rule for versioned IDs and symbols)."""
+    return pd.Index(pd.Index(names.astype(str)).str.split(".").str[0])
 
 
-def _matrix_name(adata: ad.AnnData, *, layer, use_raw: bool) -> str:
-    if layer is not None:
-        return f"layers[{layer!r}]"
-    return "raw.X" if use_raw and adata.raw is not None else "X"
+def _fold(names: pd.Index) -> pd.Index:
+    """secactpy's single-cell/spatial gene rule: upper-case, cut at the first '.'."""
+    return _cut(pd.Index(names.astype(str)).str.upper())
 
 
-def _counts_fix(adata: ad.AnnData, *, layer, use_raw: bool) -> str:
-    """How to point :func:`infer` at the counts of ``adata``, in a few words."""
-    names = [k for k in adata.layers if "count" in k.lower() and k != layer]
-    if names:
-        return f"point it at the counts: layer={names[0]!r}"
-    if adata.raw is not None and not use_raw:
-        return "point it at the counts: use_raw=True"
-    return "pass the raw counts (layer=... or use_raw=... if the AnnData holds them)"
+def _read_gene_map(gene_map) -> pd.Series:
+    """``gene_map`` (a two-column table, a ``{from: to}`` mapping or a TSV path) as a
+    Series ``to`` indexed by ``from``; rows with an empty side are left out."""
+    if isinstance(gene_map, (str, os.PathLike)):
+        path = Path(gene_map)
+        if not path.is_file():
+            raise InputError(
+                f"gene_map: no such file {str(gene_map)!r}; pass a tab-separated file with "
+                "two columns (gene as in the data, gene as in the signature)"
+            )
+        table = pd.read_csv(
+            path, sep="\t", header=None, dtype=str, comment="#", keep_default_na=False
+        )
+    elif isinstance(gene_map, pd.Series):
+        table = gene_map.reset_index()
+    elif isinstance(gene_map, Mapping):
+        table = pd.DataFrame(list(gene_map.items()))
+    elif isinstance(gene_map, pd.DataFrame):
+        table = gene_map
+    else:
+        raise InputError(
+            f"gene_map must be a two-column DataFrame, a mapping or a TSV path, got "
+            f"{type(gene_map).__name__}"
+        )
+    if table.shape[1] != 2:
+        raise InputError(
+            f"gene_map must have 2 columns (from, to), got {table.shape[1]}; keep the "
+            "column of the data's genes and the column of the signature's genes"
+        )
+    pairs = pd.DataFrame(
+        {side: table.iloc[:, i].astype(object).to_numpy() for i, side in enumerate(("from", "to"))}
+    )
+    pairs = pairs[pairs.notna().all(axis=1)].astype(str)
+    pairs = pairs.apply(lambda column: column.str.strip())
+    pairs = pairs[(pairs["from"] != "") & (pairs["to"] != "")].drop_duplicates()
+    repeated = pairs["from"][pairs["from"].duplicated()]
+    if len(repeated):
+        first = repeated.iloc[0]
+        targets = pairs.loc[pairs["from"] == first, "to"].tolist()
+        raise InputError(
+            f"gene_map maps {repeated.nunique():,} genes to more than one gene (e.g. "
+            f"{first!r} to {targets}); keep one target per gene, e.g. "
+            "table.drop_duplicates(subset=table.columns[0])"
+        )
+    return pd.Series(pairs["to"].to_numpy(), index=pd.Index(pairs["from"].to_numpy()))
+
+
+def _rename(labels: pd.Index, ids: pd.Index, gene_map) -> tuple[pd.Index, int]:
+    """``labels`` renamed by ``gene_map`` (a gene is found by its label, else by its id);
+    genes not in the map keep their label. Returns the names and how many were renamed."""
+    if gene_map is None:
+        return labels, 0
+    mapping = _read_gene_map(gene_map)
+    by_label = pd.Series(labels.astype(str), dtype=object).map(mapping)
+    by_id = pd.Series(ids.astype(str), dtype=object).map(mapping)
+    renamed = by_label.fillna(by_id)
+    names = renamed.fillna(pd.Series(labels.astype(str), dtype=object))
+    return pd.Index(names.astype(str).to_numpy()), int(renamed.notna().sum())
+
+
+def _case_folded(written: pd.Index, sig_genes: pd.Index) -> tuple[int, int]:
+    """How many genes match the signature (after upper-casing), and how many of them
+    only after upper-casing (their name as written is not a signature gene)."""
+    matched = np.asarray(_fold(written).isin(sig_genes))
+    exact = np.asarray(_cut(written).isin(sig_genes))
+    return int(matched.sum()), int((matched & ~exact).sum())
+
+
+def _warn_case(n_matched: int, n_folded: int) -> None:
+    """The warning of :func:`infer` when most matched genes matched only after
+    upper-casing (likely mouse symbols read as human genes)."""
+    if n_folded * 2 > n_matched:
+        warnings.warn(
+            f"{n_folded:,} of the {n_matched:,} genes matched to the signature matched only "
+            "after upper-casing (mouse symbols, such as 'Cd74'?): they are taken as the "
+            "human genes of those names; for mouse data pass gene_map= (mouse gene -> "
+            "human ortholog)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _group_labels(obs: pd.DataFrame, cell_type_col) -> tuple[pd.Series, list[str]]:
+    """The pseudobulk group of every cell, and its column(s): one column as it is;
+    several joined with '|' (``"D1|T cells"``), NaN where any of them is NaN."""
+    single = isinstance(cell_type_col, str)
+    columns = [cell_type_col] if single else list(cell_type_col or [])
+    missing = [c for c in columns if not isinstance(c, str) or c not in obs.columns]
+    if not columns or missing:
+        raise InputError(
+            f"level='pseudobulk' needs cell_type_col naming an obs column (or a list of "
+            f"them); got {cell_type_col!r} (columns: {list(obs.columns)})"
+        )
+    if len(columns) == 1:
+        return obs[columns[0]], columns
+    parts = [obs[c] for c in columns]
+    unlabelled = np.logical_or.reduce([p.isna().to_numpy() for p in parts])
+    joined = parts[0].astype(str).str.cat([p.astype(str) for p in parts[1:]], sep="|")
+    labels = joined.where(~unlabelled).rename("|".join(columns))
+    return labels, columns
 
 
 def _recorded_sources(adata: ad.AnnData) -> dict:
@@ -352,7 +440,7 @@ def infer(
     *,
     level: str = "cell",
     signature="secact",
-    cell_type_col: str | None = None,
+    cell_type_col: str | Sequence[str] | None = None,
     control: pd.DataFrame | None = None,
     paired: bool = False,
     differential: bool = False,
@@ -368,6 +456,8 @@ def infer(
     dtype=np.float64,
     layer: str | None = None,
     use_raw: bool | None = None,
+    gene_symbols: str | None = None,
+    gene_map=None,
     scale_factor: float = 1e5,
     chunk_rows: int = 1024,
 ) -> ad.AnnData:
@@ -391,9 +481,20 @@ def infer(
     gene means (plus one pass over the gene totals when symbols collide or at spot level),
     then every row block of cells becomes one task that normalises, centres and z-scores its
     cells and runs the permutation test; ``Tᵀ`` and the permutation table are one graph key
-    each, shared by every task. Genes are matched after upper-casing and cutting names at
-    the first ``"."`` (secactpy's rule for single-cell and spatial data), keeping the
-    highest-count gene among duplicates.
+    each, shared by every task.
+
+    Gene names (cell, spot and pseudobulk levels): each gene is named by
+    ``var[gene_symbols]`` or, by default, by ``var_names``, except that when most
+    ``var_names`` are Ensembl IDs the first of the columns ``feature_name``,
+    ``gene_symbols``, ``gene_name``, ``gene_symbol``, ``symbol`` is used (CELLxGENE files
+    keep symbols in ``feature_name``). ``gene_map`` then renames genes. Names are matched
+    after upper-casing and cutting at the first ``"."`` (secactpy's rule for single-cell
+    and spatial data); when several genes get the same name (duplicates, or genes
+    ``gene_map`` sends to one target) the one with the highest total count is kept.
+    Genes that match the signature only after upper-casing are counted
+    (``uns["activity"]["n_genes_case_folded"]``), with a warning when they are
+    more than half of the matched genes: mouse symbols (``Cd74``) are then being read as
+    the human genes of the same letters, and a ``gene_map`` to human orthologs is the fix.
 
     Parameters
     ----------
@@ -405,7 +506,10 @@ def infer(
     signature
         ``"secact"``, ``"cytosig"``, a file path or a genes x proteins DataFrame.
     cell_type_col
-        ``obs`` column defining the pseudobulk samples.
+        ``obs`` column defining the pseudobulk samples, or a list of columns: the cells
+        are then grouped by the combination, named by the values joined with ``"|"``
+        (``["donor_id", "cell_type"]`` gives groups such as ``"D1|T cells"``); a cell with
+        NaN in any of the columns has no label.
     control, paired, differential, single_sample
         Bulk only: a control frame (genes x samples), subtract same-named control columns
         (``paired``), take the input as already differential, keep one column per sample
@@ -427,7 +531,19 @@ def infer(
         precision: about 2x faster; z-scores agree to about 1e-4).
     layer, use_raw
         Where the counts are: a layer, or ``.raw`` (default: ``.raw`` when present, except
-        at spot level).
+        at spot level and when ``layer`` is given; ``use_raw=True`` with ``layer`` is an
+        error). At bulk level, with an AnnData, the matrix to use (default ``X``).
+    gene_symbols
+        ``var`` column (of ``raw.var`` with ``use_raw``; a column only ``var`` has is
+        taken by gene name) whose values are matched to the signature, instead of the
+        automatic choice described above.
+    gene_map
+        Rename genes before matching: a two-column DataFrame (or ``{from: to}`` mapping,
+        or the path of a tab-separated file with two columns, a header line optional)
+        from the data's gene names (its symbols or its ``var_names``) to the signature's.
+        Genes absent from the map keep their names; rows with an empty side are ignored;
+        a gene mapped to two different targets is an error. Several genes mapped to one
+        target: the highest total count wins (at bulk level: an error, as any duplicate).
     scale_factor
         Spot-level library size normalisation (cell level always uses 1e5, pseudobulk 1e6).
     chunk_rows
@@ -453,7 +569,9 @@ def infer(
         pass the counts with ``layer=``/``use_raw=``); no cells or no genes; fewer than 2
         pseudobulk groups (centring on the mean over groups would leave only zeros);
         bulk-only arguments at other levels; ``cell_type_col`` at spot level (per-type spot
-        aggregation is not implemented). Value checks run in the pass that reads ``X``.
+        aggregation is not implemented); ``layer`` with ``use_raw=True``; a
+        ``gene_symbols`` column that does not exist; a bad ``gene_map``. Value checks run
+        in the pass that reads ``X``.
 
     Warns
     -----
@@ -462,6 +580,8 @@ def infer(
         are left out of the gene means, so other cells' results are those without them
         (secactpy's default path turns every result to 0 instead). Cells whose
         ``cell_type_col`` label is NaN: left out of the pseudobulk, counted in the warning.
+        More than half of the genes matched to the signature matched only after
+        upper-casing (likely mouse symbols; pass ``gene_map``).
 
     Examples
     --------
@@ -492,14 +612,29 @@ def infer(
     run.update(rng=rng, dtype=dtype, params=params)
     sig_args = {"group": group, "group_cor": group_cor, "sig_filter": sig_filter}
 
+    if gene_symbols is not None:
+        params["gene_symbols"] = gene_symbols
     if level == "bulk":
         if isinstance(data, pd.DataFrame):
+            if layer is not None or use_raw or gene_symbols is not None:
+                raise InputError(
+                    "layer=, use_raw= and gene_symbols= choose within an AnnData; a "
+                    "DataFrame's index already names the genes: drop them"
+                )
             frame = data
+            names, n_renamed = _rename(pd.Index(frame.index), pd.Index(frame.index), gene_map)
         else:
             bulk = _as_anndata(data)
-            (values,) = compute(bulk.X)  # samples x genes: small at bulk level
-            frame = pd.DataFrame(_as_dense(values).T, index=bulk.var_names, columns=bulk.obs_names)
+            matrix = get_matrix(bulk, layer=layer, use_raw=bool(use_raw))
+            (values,) = compute(matrix)  # samples x genes: small at bulk level
+            labels = gene_names(bulk, gene_symbols=gene_symbols, use_raw=bool(use_raw))
+            frame = pd.DataFrame(_as_dense(values).T, index=labels, columns=bulk.obs_names)
+            ids = bulk.raw.var_names if use_raw else bulk.var_names
+            names, n_renamed = _rename(labels, pd.Index(ids), gene_map)
             run["params"] = {**params, **_recorded_sources(bulk)}
+        if gene_map is not None:
+            frame = frame.set_axis(names, axis=0)
+            run["params"] = {**run["params"], "n_genes_renamed": n_renamed}
         y = _differential(
             frame, control, differential=differential, paired=paired, single_sample=single_sample
         )
@@ -521,17 +656,22 @@ def infer(
     else:
         adata = _as_anndata(data)
     if use_raw is None:
-        use_raw = level != "spot"
-    matrix, var = _matrix(adata, layer=layer, use_raw=use_raw)
-    matrix_name = _matrix_name(adata, layer=layer, use_raw=use_raw)
-    fix = _counts_fix(adata, layer=layer, use_raw=use_raw)
+        use_raw = level != "spot" and layer is None and adata.raw is not None
+    matrix = get_matrix(adata, layer=layer, use_raw=use_raw)
+    where = matrix_name(layer=layer, use_raw=use_raw)
+    fix = counts_fix(adata, layer=layer, use_raw=use_raw)
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise InputError(
-            f"{matrix_name} has {matrix.shape[0]} cells x {matrix.shape[1]} genes; "
+            f"{where} has {matrix.shape[0]} cells x {matrix.shape[1]} genes; "
             "activity needs cells and genes (check the file or the filter that made it)"
         )
     x = _row_blocks(matrix)
-    names = _symbols(pd.Index(var.index), var)
+    labels = _gene_labels(adata, use_raw=use_raw, gene_symbols=gene_symbols)
+    ids = pd.Index(adata.raw.var_names if use_raw else adata.var_names)
+    written, n_renamed = _rename(labels, ids, gene_map)
+    if gene_map is not None:
+        params["n_genes_renamed"] = n_renamed
+    names = _fold(written)
     n_all = len(names)
     candidates = np.arange(n_all)
 
@@ -545,18 +685,20 @@ def infer(
     kept_names = pd.Index(names[kept])
 
     if level == "pseudobulk":
-        if cell_type_col is None or cell_type_col not in adata.obs.columns:
-            raise InputError(
-                f"level='pseudobulk' needs cell_type_col naming an obs column; got "
-                f"{cell_type_col!r} (columns: {list(adata.obs.columns)})"
-            )
-        y = _pseudobulk(x, kept, kept_names, adata.obs[cell_type_col], fix=fix)
+        groups, columns = _group_labels(adata.obs, cell_type_col)
+        y = _pseudobulk(x, kept, kept_names, groups, fix=fix, columns=columns)
         sig, grouped = _signature_matrix(signature, genes=y.index, **sig_args)
+        n_matched, n_folded = _case_folded(written[kept], sig.index)
+        _warn_case(n_matched, n_folded)
+        params["n_genes_case_folded"] = n_folded
         run["params"] = {**params, **_recorded_sources(adata)}
         return _run_dense(y, sig, grouped, **run)
 
     sig, grouped = _signature_matrix(signature, genes=kept_names, **sig_args)
     common = _overlap(kept_names, sig, gene_order)
+    n_matched, n_folded = _case_folded(written[kept], sig.index)
+    _warn_case(n_matched, n_folded)
+    params["n_genes_case_folded"] = n_folded
     position = pd.Series(kept, index=kept_names)
     norm = _LogNormaliser(
         kept=None if len(kept) == n_all else kept,
@@ -565,7 +707,7 @@ def infer(
     )
     stats = np.asarray(_reduce_blocks(_cell_stats, x, ((len(common) + 5,),), norm).compute())
     sums, n_full, n_empty = stats[:-5], int(stats[-5]), int(stats[-4])
-    require_counts(stats[-3:], step=f"level={level!r}", fix=fix, matrix=matrix_name)
+    require_counts(stats[-3:], step=f"level={level!r}", fix=fix, matrix=where)
     what = "spots" if level == "spot" else "cells"
     if n_full == 0:
         raise InputError(f"every one of the {n_empty} {what} has zero counts")
@@ -593,28 +735,37 @@ def infer(
     return make_result(stacked, adata.obs, list(sig.columns), grouped=grouped, params=params)
 
 
-def _pseudobulk(x: da.Array, kept, kept_names, labels: pd.Series, *, fix: str) -> pd.DataFrame:
+def _pseudobulk(
+    x: da.Array, kept, kept_names, labels: pd.Series, *, fix: str, columns=None
+) -> pd.DataFrame:
     """Genes x types differential profile (secactpy's scRNA pseudobulk), one pass over X.
 
     Cells without a label (NaN) are left out, with a warning that counts them; fewer than
     two groups is an error (centring on the mean over groups would leave only zeros).
+    ``columns``: the obs column(s) the labels come from, for messages (default
+    ``[labels.name]``).
     """
-    column = labels.name
+    columns = list(columns or [labels.name])
+    column = f"obs[{columns[0]!r}]" if len(columns) == 1 else f"obs[{columns!r}]"
+    no_label = (
+        f"no {columns[0]!r} label (NaN)"
+        if len(columns) == 1
+        else f"no label in {column} (NaN in one of them)"
+    )
     missing = labels.isna().to_numpy()
     names = labels.astype(str).to_numpy()
     types = sorted(set(names[~missing]), key=str.lower)
     if len(types) < 2:
         found = f"only {types[0]!r}" if types else "no labels at all"
         raise InputError(
-            f"level='pseudobulk' needs at least 2 groups in obs[{column!r}], found {found}: "
+            f"level='pseudobulk' needs at least 2 groups in {column}, found {found}: "
             "each group is centred on the mean over groups, so one group gives all-zero "
             "results; group by a column with 2 or more values, or run level='bulk' with a "
             "control"
         )
     if missing.any():
         warnings.warn(
-            f"{int(missing.sum()):,} cells have no {column!r} label (NaN); they are left out "
-            "of the pseudobulk",
+            f"{int(missing.sum()):,} cells have {no_label}; they are left out of the pseudobulk",
             UserWarning,
             stacklevel=3,
         )

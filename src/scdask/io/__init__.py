@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from scdask.io._dispatch import read
 from scdask.io._read import CSCReadWarning, read_h5ad, read_zarr
 from scdask.io._store import FileFormatError
+from scdask.io._tenx import read_10x_h5, read_10x_mtx, read_visium
 from scdask.io._tools import StoreInfo, convert, inspect, subset, update_metadata
 from scdask.io._write import write_h5ad, write_zarr
 
@@ -13,7 +15,11 @@ __all__ = [
     "StoreInfo",
     "convert",
     "inspect",
+    "read",
+    "read_10x_h5",
+    "read_10x_mtx",
     "read_h5ad",
+    "read_visium",
     "read_zarr",
     "subset",
     "update_metadata",

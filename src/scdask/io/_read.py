@@ -46,6 +46,17 @@ class MatrixSource:
     nnz: int
     #: Refuse NaN and infinite values when a block is read (off for the file tools, which copy).
     finite: bool = True
+    #: Stored columns a block keeps, as ``(start, stop)`` runs in order; ``None`` keeps all
+    #: (a 10x file's gene-expression features). ``dtype`` may differ from the stored dtype:
+    #: blocks are cast to it when read (10x int32 counts become float32, as scanpy reads them).
+    columns: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def n_columns(self) -> int:
+        """Columns of a block: all stored columns, or those ``columns`` keeps."""
+        if self.columns is None:
+            return self.shape[1]
+        return sum(stop - start for start, stop in self.columns)
 
     def row_bytes(self) -> float:
         """Bytes one row of this matrix takes in memory, on average."""
@@ -132,6 +143,11 @@ def read_block(source: MatrixSource, start: int, stop: int):
             "The file may be truncated, damaged, or changed since it was opened; "
             "open it again with scdask.read_h5ad."
         ) from e
+    if source.columns is not None:
+        runs = [np.arange(lo, hi, dtype=np.int64) for lo, hi in source.columns]
+        block = block[:, np.concatenate(runs) if runs else np.zeros(0, np.int64)]
+    if block.dtype != source.dtype:
+        block = block.astype(source.dtype)
     if source.finite and source.dtype.kind == "f":
         _refuse_nonfinite(block, source, start)
     return block
@@ -216,7 +232,7 @@ def lazy_matrix(source: MatrixSource, chunk_size: int | str = "auto") -> da.Arra
     >>> lazy_matrix(src, 100).chunks[0][:2]
     (100, 100)
     """
-    n_rows, n_cols = source.shape
+    n_rows, n_cols = source.shape[0], source.n_columns
     rows = auto_rows(source) if chunk_size == "auto" else int(chunk_size)
     if rows <= 0:
         raise InputError(f"chunk_size must be a positive number of rows or 'auto', got {rows}.")

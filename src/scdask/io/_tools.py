@@ -27,6 +27,7 @@ from dask.utils import format_bytes, parse_bytes
 
 from scdask._errors import InputError
 from scdask._files import INCOMPLETE
+from scdask.io._dispatch import is_anndata_store, read
 from scdask.io._read import (
     CSCReadWarning,
     MatrixSource,
@@ -51,8 +52,11 @@ def _out_format(out: str | os.PathLike) -> Format:
     return "zarr" if str(out).rstrip("/").endswith(".zarr") else "h5ad"
 
 
-def _read_lazy(path: str | os.PathLike) -> tuple[ad.AnnData, Format, str]:
-    """Open a store lazily without the CSC warning (the tools say their own cost)."""
+def _read_lazy(path: str | os.PathLike) -> tuple[ad.AnnData, Format | None, str]:
+    """Open a store lazily without the CSC warning (the tools say their own cost); a 10x
+    file or folder through :func:`scdask.read` (format ``None``)."""
+    if Path(path).expanduser().exists() and not is_anndata_store(path):
+        return read(path), None, str(Path(path).expanduser().resolve())
     fmt = guess_format(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CSCReadWarning)
@@ -147,6 +151,14 @@ def convert(
         raise InputError(f"layout must be 'csr' or 'csc', got {layout!r}.")
     budget = parse_bytes(memory) if isinstance(memory, str) else int(memory)
     adata, fmt, spath = _read_lazy(path)
+    if fmt is None:  # 10x .h5, mtx or Space Ranger: read as cell rows, written as CSR
+        if layout != "csr":
+            raise InputError(
+                f"{str(path)!r} is a 10x file: convert it to CSR first (layout='csr'), then "
+                "convert that file to CSC"
+            )
+        write_store(adata, out, _out_format(out), WriteOptions(window=1))
+        return [f"X: 10x -> csr, copied in one pass ({adata.n_obs:,} cells)"]
     with open_store(spath, fmt) as f:
         sources = {
             key: matrix_source(spath, fmt, f, key, finite=False) for key in _matrix_keys(adata)
@@ -436,12 +448,15 @@ class StoreInfo:
         if self.counts_in is None:
             found = "no layer named like counts, nor raw.X, looks like counts here."
         elif self.counts_in == "raw.X":
-            found = "raw.X holds counts: pass use_raw=True (scdask.activity.infer)."
+            found = (
+                "raw.X holds counts: pass use_raw=True (scdask.pp, scdask.activity.infer; "
+                "scdask run and the commands find it themselves)."
+            )
         else:
             name = self.counts_in.removeprefix("layers[").removesuffix("]")
             found = (
-                f"{self.counts_in} holds counts: pass layer={name} "
-                "(scdask.pp.normalize_total, scdask.activity.infer)."
+                f"{self.counts_in} holds counts: pass layer={name} (scdask.pp, "
+                "scdask.activity.infer; scdask run and the commands find it themselves)."
             )
         counts[-1] += f" scdask's preprocessing and activity need counts; {found}"
         return notes + counts
@@ -509,6 +524,38 @@ def _value_checks(values: np.ndarray) -> dict:
         "max_value": float(finite.max()) if finite.size else None,
         "looks_like_counts": (negative == 0 and fractional == 0) if finite.size else None,
     }
+
+
+def looks_like_counts(path: str | os.PathLike, key: str = "X") -> bool | None:
+    """Whether matrix ``key`` of a store (``"X"``, ``"raw/X"``, ``"layers/NAME"``) looks
+    like counts: its first stored values (those :func:`inspect` samples, at most a few
+    million of the first rows) are all finite, non-negative and whole.
+
+    ``None`` when it cannot tell: no such matrix, no stored values, a path that is not an
+    AnnData store, or values of an odd type.
+
+    Passes over X: none (the first block of rows at most).
+
+    Examples
+    --------
+    >>> import scdask
+    >>> looks_like_counts(scdask.datasets.sample_path()), looks_like_counts(
+    ...     scdask.datasets.sample_path(), "raw/X")
+    (True, None)
+    """
+    try:
+        fmt = guess_format(path)
+        spath = str(check_path(path, fmt).resolve())
+        with open_store(spath, fmt) as f:
+            if key not in f:
+                return None
+            source = matrix_source(spath, fmt, f, key, finite=False)
+            if source.shape[0] == 0 or source.shape[1] == 0:
+                return None
+            values = _first_values(f, source, auto_rows(source))[2]
+    except (FileFormatError, OSError):
+        return None
+    return _value_checks(values).get("looks_like_counts")
 
 
 def _counts_elsewhere(f, spath: str, fmt: Format, layers: list[str], rows: int) -> str | None:

@@ -14,6 +14,7 @@ from functools import partial
 import dask
 import dask.array as da
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 from dask._task_spec import Alias, DataNode, Task, TaskRef, convert_legacy_graph
@@ -22,16 +23,155 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.utils import ensure_dict, funcname
 
+from scdask._errors import InputError
 from scdask._ops import as_block
 
+#: ``var`` columns that hold gene symbols, in the order they are looked for when the gene
+#: names are Ensembl IDs (CELLxGENE writes ``feature_name``, scanpy's 10x reader
+#: ``gene_symbols``).
+SYMBOL_COLUMNS = ("feature_name", "gene_symbols", "gene_name", "gene_symbol", "symbol")
 
-def get_matrix(adata: AnnData, *, layer: str | None = None):
-    """The matrix a function works on: ``X`` or ``adata.layers[layer]``."""
+_ENSEMBL = r"^ENS[A-Z]*G\d"  # ENSG…, ENSMUSG…, ENSDARG…: Ensembl gene IDs of any species
+
+
+def get_matrix(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    use_raw: bool | None = False,
+    step: str | None = None,
+):
+    """The matrix a function works on: ``X``, ``adata.layers[layer]`` or ``adata.raw.X``.
+
+    The one place where ``scdask.pp`` (and :func:`scdask.activity.infer`) resolve
+    ``layer=`` and ``use_raw=``. ``use_raw=True`` reads ``adata.raw.X``, whose genes are
+    ``adata.raw.var``; a function named by ``step`` writes per-gene results into ``var`` or
+    replaces ``X`` with what it made of that matrix, so it needs ``raw`` to have exactly
+    ``var``'s genes (true of CELLxGENE files).
+
+    Raises
+    ------
+    scdask.InputError
+        ``layer`` and ``use_raw=True`` together; ``use_raw=True`` without ``adata.raw``;
+        ``step`` given and ``raw`` has other genes than ``var``.
+    KeyError
+        ``layer`` is not a layer of ``adata``.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> a = ad.AnnData(np.zeros((2, 3)), layers={"counts": np.ones((2, 3))})
+    >>> a.raw = ad.AnnData(np.full((2, 3), 2.0), var=a.var)
+    >>> float(get_matrix(a, layer="counts")[0, 0]), float(get_matrix(a, use_raw=True)[0, 0])
+    (1.0, 2.0)
+    >>> get_matrix(a, layer="counts", use_raw=True)
+    Traceback (most recent call last):
+    ...
+    scdask._errors.InputError: pass layer= or use_raw=True, not both: ...
+    """
+    if use_raw and layer is not None:
+        raise InputError(
+            f"pass layer= or use_raw=True, not both: got layer={layer!r} and use_raw=True; "
+            "layer reads adata.layers[layer], use_raw adata.raw.X"
+        )
+    if use_raw:
+        if getattr(adata, "raw", None) is None:
+            raise InputError(
+                "use_raw=True, but adata.raw is empty; drop use_raw (or pass layer= naming "
+                f"the layer that holds the matrix; layers: {list(adata.layers)})"
+            )
+        raw = adata.raw
+        if step is not None and not raw.var_names.equals(adata.var_names):
+            raise InputError(
+                f"{step}(use_raw=True) writes per-gene results or a new X, but adata.raw has "
+                f"other genes ({raw.n_vars:,}) than adata ({adata.n_vars:,}); run it on "
+                "adata.raw.to_adata() instead"
+            )
+        return raw.X
     if layer is None:
         return adata.X
     if layer not in adata.layers:
         raise KeyError(f"Layer {layer!r} not found in adata.layers ({list(adata.layers)}).")
     return adata.layers[layer]
+
+
+def matrix_name(*, layer: str | None = None, use_raw: bool | None = False) -> str:
+    """How messages name the matrix :func:`get_matrix` resolves.
+
+    Examples
+    --------
+    >>> matrix_name(layer="counts"), matrix_name(use_raw=True), matrix_name()
+    ("layers['counts']", 'raw.X', 'X')
+    """
+    if layer is not None:
+        return f"layers[{layer!r}]"
+    return "raw.X" if use_raw else "X"
+
+
+def gene_names(
+    adata: AnnData, *, gene_symbols: str | None = None, use_raw: bool | None = False
+) -> pd.Index:
+    """The names of the genes of the matrix :func:`get_matrix` resolves, as strings:
+    ``var_names``, or the values of the ``var`` column ``gene_symbols`` (of ``raw.var``
+    with ``use_raw``; a column only ``var`` has is taken from ``var`` by gene name, and
+    genes it lacks get ``""``).
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np, pandas as pd
+    >>> var = pd.DataFrame({"feature_name": ["MT-CO1", "CD3E"]}, index=["ENSG1", "ENSG2"])
+    >>> a = ad.AnnData(np.ones((1, 2)), var=var)
+    >>> list(gene_names(a)), list(gene_names(a, gene_symbols="feature_name"))
+    (['ENSG1', 'ENSG2'], ['MT-CO1', 'CD3E'])
+    """
+    table = adata.raw.var if use_raw and adata.raw is not None else adata.var
+    if gene_symbols is None:
+        return pd.Index(table.index.astype(str))
+    if gene_symbols in table.columns:
+        values = table[gene_symbols]
+    elif use_raw and gene_symbols in adata.var.columns:
+        values = adata.var[gene_symbols].reindex(table.index)
+    else:
+        where = "raw.var" if use_raw else "var"
+        raise InputError(
+            f"gene_symbols={gene_symbols!r} is not a column of adata.{where} (columns: "
+            f"{list(table.columns)}); name the column that holds gene symbols, or leave "
+            "gene_symbols out to use var_names"
+        )
+    values = pd.Series(values).astype(object)
+    return pd.Index(values.where(values.notna(), "").astype(str).to_numpy())
+
+
+def looks_ensembl(names) -> bool:
+    """Whether more than half of ``names`` are Ensembl gene IDs (``ENSG…``, ``ENSMUSG…``).
+
+    Examples
+    --------
+    >>> looks_ensembl(["ENSG00000141510", "ENSMUSG00000059552", "CD3E"])
+    True
+    """
+    names = pd.Index(names).astype(str)
+    return bool(len(names)) and float(names.str.contains(_ENSEMBL, regex=True).mean()) > 0.5
+
+
+def symbol_column(var: pd.DataFrame, *also: pd.DataFrame) -> str | None:
+    """The first of :data:`SYMBOL_COLUMNS` in ``var`` (or in a table of ``also``) when
+    ``var``'s index is mostly Ensembl IDs (:func:`looks_ensembl`), else ``None``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> var = pd.DataFrame({"feature_name": ["TP53"]}, index=["ENSG00000141510"])
+    >>> symbol_column(var), symbol_column(var.set_index("feature_name"))
+    ('feature_name', None)
+    """
+    if not looks_ensembl(var.index):
+        return None
+    for table in (var, *also):
+        column = next((c for c in SYMBOL_COLUMNS if c in table.columns), None)
+        if column is not None:
+            return column
+    return None
 
 
 def lazy_matrix(x) -> da.Array:

@@ -7,7 +7,14 @@ import numpy as np
 from anndata import AnnData
 
 from scdask._errors import InputError
-from scdask.preprocessing._blocks import csr, gene_partials, lazy_matrix, row_partials, sum_dtype
+from scdask.preprocessing._blocks import (
+    csr,
+    gene_partials,
+    get_matrix,
+    lazy_matrix,
+    row_partials,
+    sum_dtype,
+)
 
 __all__ = ["filter_cells", "filter_genes"]
 
@@ -36,6 +43,17 @@ def _one_option(kind: str, **options) -> tuple[str, float, bool]:
     return name, value, name.startswith("min")
 
 
+def _matrix(data, *, layer, use_raw, step: str | None):
+    """The matrix of an AnnData (``X``, a layer or ``raw.X``), or ``data`` itself."""
+    if isinstance(data, AnnData):
+        return get_matrix(data, layer=layer, use_raw=use_raw, step=step)
+    if layer is not None or use_raw:
+        raise InputError(
+            "layer= and use_raw= need an AnnData; pass the matrix itself, or the AnnData"
+        )
+    return data
+
+
 def _numbers(x, *, axis: int, detected: bool) -> np.ndarray:
     lazy = lazy_matrix(x)
     if axis == 1:
@@ -53,6 +71,8 @@ def filter_cells(
     min_genes: int | None = None,
     max_counts: float | None = None,
     max_genes: int | None = None,
+    layer: str | None = None,
+    use_raw: bool = False,
     inplace: bool = True,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Keep cells with enough (or not too many) counts or detected genes, as scanpy does.
@@ -69,6 +89,9 @@ def filter_cells(
         AnnData (``X`` lazy or in memory), or a cells x genes matrix.
     min_counts, min_genes, max_counts, max_genes
         The criterion (bounds are inclusive).
+    layer, use_raw
+        Count in ``adata.layers[layer]`` or in ``adata.raw.X`` (any genes: only cells are
+        removed, and ``raw`` follows them) instead of ``X``.
     inplace
         Subset ``data`` and annotate it (default), or return the mask and the numbers.
 
@@ -93,7 +116,7 @@ def filter_cells(
         max_genes=max_genes,
     )
     detected = name.endswith("genes")
-    x = data.X if isinstance(data, AnnData) else data
+    x = _matrix(data, layer=layer, use_raw=use_raw, step=None)
     number = _numbers(x, axis=1, detected=detected)
     subset = number >= bound if is_min else number <= bound
     if not isinstance(data, AnnData) or not inplace:
@@ -110,6 +133,8 @@ def filter_genes(
     min_cells: int | None = None,
     max_counts: float | None = None,
     max_cells: int | None = None,
+    layer: str | None = None,
+    use_raw: bool = False,
     inplace: bool = True,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Keep genes with enough (or not too many) counts or expressing cells, as scanpy does.
@@ -126,6 +151,10 @@ def filter_genes(
         AnnData (``X`` lazy or in memory), or a cells x genes matrix.
     min_counts, min_cells, max_counts, max_cells
         The criterion (bounds are inclusive).
+    layer, use_raw
+        Count in ``adata.layers[layer]`` or in ``adata.raw.X`` instead of ``X``; with
+        ``use_raw``, ``raw`` must have ``var``'s genes (genes are removed from ``var``;
+        ``raw`` keeps all of its genes, as anndata does).
     inplace
         Subset ``data`` and annotate it (default), or return the mask and the numbers.
 
@@ -150,7 +179,7 @@ def filter_genes(
         max_cells=max_cells,
     )
     detected = name.endswith("cells")
-    x = data.X if isinstance(data, AnnData) else data
+    x = _matrix(data, layer=layer, use_raw=use_raw, step="filter_genes")
     number = _numbers(x, axis=0, detected=detected)
     subset = number >= bound if is_min else number <= bound
     if not isinstance(data, AnnData) or not inplace:

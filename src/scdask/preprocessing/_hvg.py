@@ -285,6 +285,7 @@ def highly_variable_genes(
     adata: AnnData,
     *,
     layer: str | None = None,
+    use_raw: bool = False,
     n_top_genes: int | None = None,
     min_disp: float = 0.5,
     max_disp: float = np.inf,
@@ -324,6 +325,9 @@ def highly_variable_genes(
         Cells x genes; ``X`` lazy (Dask) or in memory.
     layer
         Use ``adata.layers[layer]`` instead of ``X``.
+    use_raw
+        Use ``adata.raw.X`` instead of ``X`` (e.g. the counts of a CELLxGENE file for
+        ``seurat_v3``); ``raw`` must have ``var``'s genes (the results go into ``var``).
     n_top_genes
         Number of genes to select (required for ``pearson_residuals``; 2000 by default
         for ``seurat_v3``); for ``seurat``/``cell_ranger`` it replaces the cutoffs.
@@ -366,7 +370,7 @@ def highly_variable_genes(
         raise TypeError(f"highly_variable_genes needs an AnnData, got {type(adata).__name__}.")
     if flavor not in Flavor.__args__:
         raise InputError(f"Unknown flavor {flavor!r}; choose from {list(Flavor.__args__)}.")
-    x = get_matrix(adata, layer=layer)
+    x = get_matrix(adata, layer=layer, use_raw=use_raw, step="highly_variable_genes")
     lazy = lazy_matrix(x)
     n_groups, codes = _batches(adata, batch_key)
     counts = np.bincount(codes, minlength=n_groups)
@@ -458,7 +462,10 @@ def highly_variable_genes(
             written += (extra if batch_key is not None else []) + ["highly_variable"]
             if batch_key is None:
                 df = df.drop(columns=extra)
-            uns = {"flavor": flavor, "computed_on": layer or "adata.X"}
+            uns = {
+                "flavor": flavor,
+                "computed_on": layer or ("adata.raw.X" if use_raw else "adata.X"),
+            }
         else:
             per_batch = _seurat_v3_variances(lazy, codes, moments, counts, span=span)
             df["gene_name"] = df.index

@@ -74,6 +74,7 @@ def normalize_total(
     max_fraction: float = 0.05,
     key_added: str | None = None,
     layer: str | None = None,
+    use_raw: bool = False,
     inplace: bool = True,
     copy: bool = False,
 ) -> AnnData | dict[str, np.ndarray] | None:
@@ -105,6 +106,9 @@ def normalize_total(
         Column of ``obs`` for the size factors (``total / target_sum``).
     layer
         Normalise ``adata.layers[layer]`` instead of ``X``.
+    use_raw
+        Normalise ``adata.raw.X`` (the counts of a CELLxGENE file) and put the result in
+        ``X`` (``raw`` is left as it is); ``raw`` must have ``var``'s genes.
     inplace
         Replace the matrix in ``adata`` (default), or return ``{"X": ..., "norm_factor": ...}``.
     copy
@@ -129,7 +133,7 @@ def normalize_total(
         raise InputError(f"max_fraction must be between 0 and 1, got {max_fraction}.")
     if copy:
         adata = adata.copy()
-    x = get_matrix(adata, layer=layer)
+    x = get_matrix(adata, layer=layer, use_raw=use_raw, step="normalize_total")
     dtype = np.dtype(np.float32) if np.issubdtype(x.dtype, np.integer) else np.dtype(x.dtype)
     is_lazy = isinstance(x, da.Array)
     gene_mask = np.ones(x.shape[1], dtype=bool)
@@ -197,6 +201,7 @@ def log1p(
     *,
     base: Number | None = None,
     layer: str | None = None,
+    use_raw: bool = False,
     copy: bool = False,
 ) -> AnnData | None:
     """``log(1 + x)`` (natural, or to ``base``) of every value, lazily (scanpy's ``log1p``).
@@ -214,6 +219,9 @@ def log1p(
         Logarithm base; ``None`` is the natural logarithm.
     layer
         Transform ``adata.layers[layer]`` instead of ``X``.
+    use_raw
+        Transform ``adata.raw.X`` and put the result in ``X`` (``raw`` is left as it is);
+        ``raw`` must have ``var``'s genes.
     copy
         Work on a copy of ``adata`` and return it.
 
@@ -235,7 +243,7 @@ def log1p(
         warnings.warn("adata.X seems to be already log-transformed.", UserWarning, stacklevel=2)
     if copy:
         adata = adata.copy()
-    x = get_matrix(adata, layer=layer)
+    x = get_matrix(adata, layer=layer, use_raw=use_raw, step="log1p")
     dtype = np.dtype(x.dtype) if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
     if isinstance(x, da.Array):
         new_x = x.map_blocks(

@@ -334,6 +334,7 @@ def pca(
     mask_var: np.ndarray | str | None = "auto",
     use_highly_variable: bool | None = None,
     layer: str | None = None,
+    use_raw: bool = False,
     n_iter: int = 8,
     n_oversamples: int = 20,
     dtype: str | np.dtype = "float32",
@@ -373,6 +374,9 @@ def pca(
         Deprecated scanpy spelling of ``mask_var="highly_variable"``.
     layer
         Use ``adata.layers[layer]`` instead of ``X``.
+    use_raw
+        Use ``adata.raw.X`` instead of ``X``; ``raw`` must have ``var``'s genes (the
+        loadings go into ``varm``).
     n_iter
         Passes of the randomized solver's subspace iteration.
     n_oversamples
@@ -401,7 +405,7 @@ def pca(
     (559, 20)
     """
     adata = adata.copy() if copy else adata
-    x = lazy_matrix(get_matrix(adata, layer=layer))
+    x = lazy_matrix(get_matrix(adata, layer=layer, use_raw=use_raw, step="pca"))
     mask_param, mask = _resolve_mask(adata, mask_var, use_highly_variable)
     cols = None if mask is None else np.flatnonzero(mask)
     n_genes = x.shape[1] if cols is None else len(cols)
@@ -458,6 +462,7 @@ def pca(
             "mask_var": mask_param,
             "svd_solver": svd_solver,
             **({"layer": layer} if layer is not None else {}),
+            **({"use_raw": True} if use_raw else {}),
         },
         key_added=key_added,
     )

@@ -16,6 +16,7 @@ from anndata import AnnData
 from scdask._errors import InputError
 from scdask.preprocessing._blocks import (
     csr,
+    gene_names,
     gene_partials,
     get_matrix,
     lazy_matrix,
@@ -97,7 +98,8 @@ def annotate_gene_groups(
     groups
         Which of ``"mt"``, ``"ribo"``, ``"hb"`` to mark.
     gene_symbols
-        Column of ``var`` holding the gene symbols; ``None`` uses ``var_names``.
+        Column of ``var`` holding the gene symbols (e.g. ``"feature_name"`` when
+        ``var_names`` are Ensembl IDs, as in CELLxGENE files); ``None`` uses ``var_names``.
 
     Returns
     -------
@@ -118,8 +120,7 @@ def annotate_gene_groups(
     unknown = set(groups) - set(GENE_GROUPS)
     if unknown:
         raise InputError(f"Unknown gene groups {sorted(unknown)}; choose from {list(GENE_GROUPS)}.")
-    names = pd.Index(adata.var_names if gene_symbols is None else adata.var[gene_symbols])
-    names = names.astype(str)
+    names = gene_names(adata, gene_symbols=gene_symbols)
     for group in groups:
         adata.var[group] = np.asarray(names.str.contains(GENE_GROUPS[group], regex=True))
     return list(groups)
@@ -133,6 +134,8 @@ def calculate_qc_metrics(
     qc_vars: Collection[str] | str = (),
     percent_top: Collection[int] | None = (50, 100, 200, 500),
     layer: str | None = None,
+    use_raw: bool = False,
+    gene_symbols: str | None = None,
     log1p: bool = True,
     inplace: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -161,6 +164,12 @@ def calculate_qc_metrics(
         Ranks ``n`` for ``pct_counts_in_top_{n}_genes``; ``None`` or empty skips them.
     layer
         Work on ``adata.layers[layer]`` instead of ``X``.
+    use_raw
+        Work on ``adata.raw.X`` (the counts of a CELLxGENE file) instead of ``X``; ``raw``
+        must have ``var``'s genes (the per-gene columns go into ``var``).
+    gene_symbols
+        Column of ``var`` with the gene symbols that ``qc_vars="auto"`` matches (e.g.
+        ``"feature_name"`` when ``var_names`` are Ensembl IDs); ``None``: ``var_names``.
     log1p
         Also write the ``log1p_`` columns.
     inplace
@@ -180,10 +189,11 @@ def calculate_qc_metrics(
     >>> adata.obs[["total_counts", "pct_counts_mt"]].shape
     (559, 2)
     """
+    x = get_matrix(adata, layer=layer, use_raw=use_raw, step="calculate_qc_metrics")
     if isinstance(qc_vars, str):
-        qc_vars = annotate_gene_groups(adata) if qc_vars == "auto" else [qc_vars]
+        auto = qc_vars == "auto"
+        qc_vars = annotate_gene_groups(adata, gene_symbols=gene_symbols) if auto else [qc_vars]
     qc_vars = list(qc_vars)
-    x = get_matrix(adata, layer=layer)
     ns = tuple(sorted(int(n) for n in percent_top)) if percent_top else ()
     if ns and (ns[0] <= 0 or ns[-1] > x.shape[1]):
         raise IndexError(

@@ -43,8 +43,9 @@ dense columns go through BLAS), projection 1.05 → 0.96.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+import anndata as ad
 import dask
 import numba
 import numpy as np
@@ -54,9 +55,11 @@ from scdask._compute import compute
 from scdask._errors import InputError, counts_fix, require_counts
 from scdask.preprocessing._blocks import (
     csr,
+    gene_names,
     get_matrix,
     lazy_matrix,
     map_rows,
+    matrix_name,
     per_block_pass,
     sum_blocks,
     sum_dtype,
@@ -73,9 +76,6 @@ from scdask.preprocessing._pca import (
 )
 from scdask.preprocessing._qc import annotate_gene_groups
 from scdask.preprocessing._scale import mean_std
-
-if TYPE_CHECKING:
-    import anndata as ad
 
 __all__ = ["recipe"]
 
@@ -282,6 +282,26 @@ def _scaled_project(block, factor, hvg, mean, std, components, shift, **kwargs):
     return (np.asarray(y @ components) - shift).astype(np.float32)
 
 
+def _on_raw_genes(adata: ad.AnnData, gene_symbols: str | None) -> ad.AnnData:
+    """A new AnnData on ``raw``'s genes: ``X`` and ``var`` are ``raw.X``/``raw.var`` (not
+    copied), obs/obsm/obsp/uns are ``adata``'s, ``raw`` is kept; a ``gene_symbols`` column
+    only ``var`` has is carried over by gene name."""
+    raw = adata.raw
+    var = raw.var.copy()
+    if gene_symbols is not None and gene_symbols not in var.columns:
+        var[gene_symbols] = gene_names(adata, gene_symbols=gene_symbols, use_raw=True)
+    work = ad.AnnData(
+        X=raw.X,
+        obs=adata.obs.copy(),
+        var=var,
+        obsm=dict(adata.obsm),
+        obsp=dict(adata.obsp),
+        uns=dict(adata.uns),
+    )
+    work.raw = ad.AnnData(X=raw.X, obs=work.obs[[]], var=raw.var, varm=dict(raw.varm))
+    return work
+
+
 def recipe(
     adata: ad.AnnData,
     *,
@@ -294,6 +314,9 @@ def recipe(
     n_bins: int = 20,
     max_value: float | None = 10,
     n_comps: int = 50,
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_symbols: str | None = None,
     copy: bool = False,
     verbose: bool = True,
 ) -> ad.AnnData | None:
@@ -312,6 +335,13 @@ def recipe(
     data raises :class:`scdask.InputError` naming where the counts are, instead of being
     normalised again.
 
+    The counts may be in a layer (``layer=``) or in ``.raw`` (``use_raw=True``: a
+    CELLxGENE file keeps its counts in ``raw.X`` and normalised values in ``X``); the
+    result's ``X`` is then built from them. When ``raw.var`` has other genes than
+    ``var``, the result is built on **raw's genes**: ``var`` becomes (the kept genes of)
+    ``raw.var``, and the layers, ``varm`` and ``varp`` of ``adata``, which belong to the
+    other genes, are dropped (``raw`` is kept).
+
     Parameters
     ----------
     adata
@@ -322,7 +352,7 @@ def recipe(
         ``filter_genes(min_cells=...)``, counted over the cells that pass ``min_genes``.
     qc_vars
         Boolean ``var`` columns for the QC totals; ``"mt"``, ``"ribo"``, ``"hb"`` are
-        annotated from the gene names when missing.
+        annotated from the gene names (or ``gene_symbols``) when missing.
     target_sum
         ``normalize_total(target_sum=...)`` (a fixed target keeps the normalisation
         blockwise; the median target would cost one more pass).
@@ -332,6 +362,13 @@ def recipe(
         ``scale(max_value=...)``; ``None`` does not clip.
     n_comps
         Number of principal components.
+    layer, use_raw
+        Where the counts are: ``adata.layers[layer]`` or ``adata.raw.X`` (default: ``X``).
+        Not both.
+    gene_symbols
+        Column of ``var`` with the gene symbols the ``mt``/``ribo``/``hb`` rules match
+        (e.g. ``"feature_name"`` when ``var_names`` are Ensembl IDs); ``None``:
+        ``var_names``.
     copy
         Return a new AnnData instead of changing ``adata``.
     verbose
@@ -361,15 +398,38 @@ def recipe(
             f"recipe supports flavor='seurat' or 'cell_ranger', got {flavor!r}; run "
             "scdask.pp.highly_variable_genes step by step for the others."
         )
+    options = {
+        "min_genes": min_genes,
+        "min_cells": min_cells,
+        "qc_vars": qc_vars,
+        "target_sum": target_sum,
+        "n_top_genes": n_top_genes,
+        "flavor": flavor,
+        "n_bins": n_bins,
+        "max_value": max_value,
+        "n_comps": n_comps,
+        "gene_symbols": gene_symbols,
+        "verbose": verbose,
+    }
+    get_matrix(adata, layer=layer, use_raw=use_raw)  # refuses layer with use_raw, no raw
+    if use_raw and not adata.raw.var_names.equals(adata.var_names):
+        work = _on_raw_genes(adata, gene_symbols)
+        recipe(work, **options)
+        work.uns["recipe"]["params"]["matrix"] = "raw.X"
+        if copy:
+            return work
+        adata._init_as_actual(work)
+        return None
     adata = adata.copy() if copy else adata
     qc_vars = list(qc_vars)
     missing = [q for q in qc_vars if q not in adata.var.columns]
     if missing:
-        annotate_gene_groups(adata, groups=missing)
-    x = get_matrix(adata)
+        annotate_gene_groups(adata, groups=missing, gene_symbols=gene_symbols)
+    x = get_matrix(adata, layer=layer, use_raw=use_raw)
+    where = matrix_name(layer=layer, use_raw=use_raw)
     if x.shape[0] < 2 or x.shape[1] == 0:
         raise InputError(
-            f"recipe needs at least 2 cells and 1 gene; X has {x.shape[0]} cells x "
+            f"recipe needs at least 2 cells and 1 gene; {where} has {x.shape[0]} cells x "
             f"{x.shape[1]} genes (check the file or the filter that made it)"
         )
     lazy = lazy_matrix(x)
@@ -382,7 +442,12 @@ def recipe(
     cells, gene_stats = dask.compute(
         *per_block_pass(lazy, _qc_pass, shared=[masks], min_genes=min_genes)
     )
-    require_counts(cells[:, -3:].sum(axis=0), step="recipe", fix=counts_fix(adata))
+    require_counts(
+        cells[:, -3:].sum(axis=0),
+        step="recipe",
+        fix=counts_fix(adata, layer=layer, use_raw=use_raw),
+        matrix=where,
+    )
     genes, kept_genes = gene_stats[:2], gene_stats[2]
     total_dtype = sum_dtype(x.dtype)
     adata.obs["n_genes_by_counts"] = cells[:, 0].astype(np.int64)
@@ -469,11 +534,13 @@ def recipe(
 
     adata.obs["n_genes"] = cells[:, 0].astype(np.int64)
     adata.var["n_cells"] = kept_genes.astype(np.int64)
+    if layer is not None or use_raw:  # X is made from the counts wherever they were
+        adata.X = x
     adata._inplace_subset_obs(cell_keep)
     adata._inplace_subset_var(gene_keep)
     normalize_total(adata, target_sum=target_sum)
+    adata.uns.pop("log1p", None)  # X holds counts (pass 1 checked): not logged before
     log1p(adata)
-    adata.uns["log1p"] = {"base": None}
     for column in ("highly_variable", "means", "dispersions", "dispersions_norm"):
         adata.var[column] = table[column].to_numpy()
     adata.var["dispersions_norm"] = adata.var["dispersions_norm"].astype(np.float32)
@@ -506,6 +573,8 @@ def recipe(
             "flavor": flavor,
             "max_value": max_value,
             "n_comps": n_comps,
+            "matrix": where,
+            **({"gene_symbols": gene_symbols} if gene_symbols is not None else {}),
         },
     }
     if verbose:

@@ -77,6 +77,7 @@ def scale(
     zero_center: bool = True,
     max_value: float | None = None,
     layer: str | None = None,
+    use_raw: bool = False,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Scale every gene to unit variance and, by default, zero mean (like ``scanpy.pp.scale``).
@@ -102,6 +103,9 @@ def scale(
         Clip scaled values to ``[-max_value, max_value]`` (``<= max_value`` without centring).
     layer
         Scale ``adata.layers[layer]`` instead of ``X``.
+    use_raw
+        Scale ``adata.raw.X`` and put the result in ``X`` (``raw`` is left as it is);
+        ``raw`` must have ``var``'s genes.
     copy
         Return a scaled copy instead of changing ``adata``.
 
@@ -119,7 +123,7 @@ def scale(
     (32786, 2)
     """
     adata = adata.copy() if copy else adata
-    x = get_matrix(adata, layer=layer)
+    x = get_matrix(adata, layer=layer, use_raw=use_raw, step="scale")
     lazy = lazy_matrix(x)
     (moments,) = dask.compute(column_moments(lazy))
     mean, std = mean_std(moments, x.shape[0])
