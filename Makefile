@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-main test-interop lint
 
 setup:
 	scripts/setup.sh
@@ -14,7 +14,15 @@ demo: setup
 # user can start it, it is started for the run and stopped afterwards; otherwise those tests
 # skip with the reason (or fail, when SCDASK_REQUIRE_SLURM=1 as in .ci/run).
 # Any non-zero pytest exit fails the target, including 5 (no tests collected).
-test: setup
+# Then the interop tests run again on Python 3.12 with the newest anndata and scanpy (.venv312);
+# without a python3.12 (PATH or pyenv) they are skipped with a line, or fail when
+# SCDASK_REQUIRE_PY312=1 (as in .ci/run).
+PY312 ?= $(shell command -v python3.12 || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python 2>/dev/null | tail -1)
+INTEROP_TESTS := tests/ops/test_interop.py tests/ops/test_operation_table.py tests/test_other_inputs.py
+
+test: setup test-main test-interop
+
+test-main: setup
 	@started=0; \
 	if scripts/slurm-local.sh status >/dev/null 2>&1; then \
 	  echo "make test: using the running local SLURM"; \
@@ -27,6 +35,14 @@ test: setup
 	if [[ $$started == 1 ]]; then scripts/slurm-local.sh stop || true; fi; \
 	if [[ $$rc == 5 ]]; then echo "make test: pytest collected no tests"; fi; \
 	exit $$rc
+
+test-interop: test-main
+	@if [[ -z "$(PY312)" ]]; then \
+	  echo "make test: no python3.12 found; the Python 3.12 interop run is skipped"; \
+	  [[ "$${SCDASK_REQUIRE_PY312:-0}" != 1 ]]; exit $$?; \
+	fi; \
+	PYTHON="$(PY312)" SCDASK_VENV=.venv312 SCDASK_EXTRAS=interop scripts/setup.sh && \
+	.venv312/bin/python -m pytest -q $(INTEROP_TESTS)
 
 lint: setup
 	.venv/bin/ruff check src tests

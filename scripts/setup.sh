@@ -3,11 +3,13 @@
 # scdask into it in editable mode with the test extras. Re-running is cheap: the install is
 # skipped while pyproject.toml is unchanged since the last successful install.
 #
-# Environment: PYTHON (interpreter for the venv, default python3), SCDASK_EXTRAS (default test).
+# Environment: PYTHON (interpreter for the venv, default python3), SCDASK_EXTRAS (default test),
+# SCDASK_VENV (the venv's folder, default .venv; `make test` makes .venv312 with the interop
+# extra for the Python 3.12 run).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${ROOT}/.venv"
+VENV="${ROOT}/${SCDASK_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 EXTRAS="${SCDASK_EXTRAS:-test}"
 STAMP="${VENV}/.scdask-installed"

@@ -12,13 +12,61 @@ projection is 200 MB, ~100 MB per worker).
 
 from __future__ import annotations
 
+import weakref
+
 import dask
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.sizeof import sizeof
 
 from scdask import _progress
+from scdask._compat import graph_literal
 
-__all__ = ["active_client", "compute"]
+__all__ = [
+    "SHARED_PREFIX",
+    "active_client",
+    "compute",
+    "shared",
+    "shared_keys",
+    "ship_once",
+]
+
+#: Key prefix of an operand every block task takes (see :func:`shared`).
+SHARED_PREFIX = "scdask-shared-"
+
+
+def shared(func, *args, **kwargs):
+    """``func(*args, **kwargs)`` as one key of the graph that every block task can take.
+
+    The one way scdask shares an operand (the activity model, the permutation table): a
+    plain ``dask.delayed`` call, so the graph is an ordinary graph that any scheduler computes
+    at any time, and building it runs nothing. One ``compute`` runs it once. Computations
+    that run a graph in several computes (the streaming writers' windows) find it by its key
+    prefix (:func:`shared_keys`) and run it once for all of them.
+
+    Examples
+    --------
+    >>> from scdask._compute import shared
+    >>> total = shared(sum, [1, 2])
+    >>> total.key.startswith("scdask-shared-sum-"), total.compute()
+    (True, 3)
+    """
+    name = getattr(func, "__name__", "operand").strip("_")
+    key = f"{SHARED_PREFIX}{name}-{tokenize(func, args, kwargs)}"
+    return dask.delayed(func, pure=True)(*args, dask_key_name=key, **kwargs)
+
+
+def shared_keys(graph) -> list:
+    """Keys of :func:`shared` operands in a graph (a mapping of keys to tasks).
+
+    Examples
+    --------
+    >>> from scdask._compute import shared, shared_keys
+    >>> len(shared_keys((shared(sum, [1, 2]) + 1).__dask_graph__()))
+    1
+    """
+    return [k for k in graph if isinstance(k, str) and k.startswith(SHARED_PREFIX)]
 
 
 def active_client():
@@ -66,8 +114,10 @@ def compute(*collections):
     """
     flat, plans = [], []
     for obj in collections:
-        if isinstance(obj, da.Array) and obj.npartitions > 1:
-            blocks = obj.to_delayed()
+        if isinstance(obj, da.Array):
+            # unoptimised: optimising each array alone would fuse (and rename) the tasks
+            # arrays share, so one compute of several layers would run them once per layer
+            blocks = obj.to_delayed(optimize_graph=False)
             plans.append((blocks.shape, len(flat)))
             flat.extend(blocks.ravel().tolist())
         else:
@@ -79,7 +129,7 @@ def compute(*collections):
         results = dask.compute(*flat)
         _progress.advance(len(flat))
     else:
-        results = _fetch_as_completed(client, flat)
+        results = _fetch_as_completed(client, ship_once(client, flat))
     out = []
     for shape, start in plans:
         if shape is None:
@@ -87,8 +137,53 @@ def compute(*collections):
             continue
         parts = np.empty(shape, dtype=object)
         parts.ravel()[:] = results[start : start + parts.size]
-        out.append(da.core.concatenate3(parts.tolist()))
+        out.append(parts[()] if parts.ndim == 0 else da.core.concatenate3(parts.tolist()))
     return tuple(out)
+
+
+#: Literal data in a graph at least this large is sent to a cluster once per Client.
+_SHIP_BYTES = 2**20
+_shipped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def ship_once(client, objects: list) -> list:
+    """``objects`` with the large data embedded in their graphs sent to ``client`` once.
+
+    An in-memory matrix wrapped as a dask array is literal data in every graph made from it,
+    so each compute would send it again (the recipe makes four). Here each literal of at
+    least 1 MiB is scattered once per Client and key (the key names the data's content) and
+    the compute refers to it; the user's graph is not changed, so it still computes on any
+    scheduler. What was sent stays on the cluster while consecutive computes use it (the
+    passes of one step), and is released by the first compute that does not. Delayed objects
+    are rewritten; anything else is passed through.
+
+    Examples
+    --------
+    >>> ship_once(None, [1, "a"])  # nothing to ship: the objects as they are
+    [1, 'a']
+    """
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    delayed = [o for o in objects if isinstance(o, Delayed)]
+    if not delayed:
+        return objects
+    graph = dict(HighLevelGraph.merge(*(o.__dask_graph__() for o in delayed)))
+    big = {}
+    for key, node in graph.items():
+        value = graph_literal(node)
+        if value is not None and sizeof(value) >= _SHIP_BYTES:
+            big[key] = value
+    if not big:
+        return objects
+    sent = _shipped.setdefault(client, {})
+    for key in [k for k in sent if k not in big]:  # held for consecutive computes only
+        del sent[key]
+    for key, value in big.items():
+        if key not in sent:
+            sent[key] = client.scatter(value, hash=False)
+        graph[key] = sent[key]
+    return [Delayed(o.key, graph) if isinstance(o, Delayed) else o for o in objects]
 
 
 def _fetch_as_completed(client, objects: list) -> list:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scdask._compat import named_layers
+
 __all__ = ["InputError"]
 
 
@@ -38,7 +40,7 @@ def counts_fix(adata, *, layer: str | None = None, use_raw: bool | None = False)
     >>> counts_fix(a)
     "point it at the counts: layer='counts'"
     """
-    names = [k for k in getattr(adata, "layers", {}) if "count" in k.lower() and k != layer]
+    names = [k for k in named_layers(adata) if "count" in k.lower() and k != layer]
     if names:
         return f"point it at the counts: layer={names[0]!r}"
     if getattr(adata, "raw", None) is not None and not use_raw:

@@ -22,6 +22,7 @@ import anndata as ad
 import numpy as np
 import yaml
 
+from scdask._compat import named_layers
 from scdask._errors import InputError
 from scdask._files import INCOMPLETE, MANIFEST, atomic_target, refuse_to_replace
 from scdask.activity import LEVELS, RNG_METHODS, STATS
@@ -570,7 +571,7 @@ def detect_matrix(
         use_raw = False
         if path is not None and looks_like_counts(path, "X") is False:
             why = " (X is not counts, and no layer named like counts nor raw.X is)"
-            candidates = [(k, f"layers/{k}") for k in adata.layers if "count" in k.lower()]
+            candidates = [(k, f"layers/{k}") for k in named_layers(adata) if "count" in k.lower()]
             if adata.raw is not None:
                 candidates.append((None, "raw/X"))
             for name, key in candidates:
@@ -818,10 +819,12 @@ def _embed(adata: ad.AnnData) -> None:
 
 
 def _keep_layers(res: ad.AnnData, layers: list[str]) -> ad.AnnData:
-    unknown = sorted(set(layers) - set(res.layers))
+    unknown = sorted(set(layers) - set(named_layers(res)))
     if unknown:
-        raise ConfigError(f"activity.layers: unknown layer(s) {unknown}; have {sorted(res.layers)}")
-    for name in list(res.layers):
+        raise ConfigError(
+            f"activity.layers: unknown layer(s) {unknown}; have {sorted(named_layers(res))}"
+        )
+    for name in list(named_layers(res)):
         if name not in layers:
             del res.layers[name]
     return res

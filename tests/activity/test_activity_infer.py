@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from scdask._compute import SHARED_PREFIX
 from scdask._ops import CSRBlock
 from scdask.activity import build_model, infer, to_frames
 from scdask.activity._ridge import _tables
@@ -264,9 +265,11 @@ def test_same_numbers_with_many_blocks(cells, one_block, scheduler):
     np.testing.assert_array_equal(many["pvalue"], one_block["pvalue"])
 
 
-def test_on_a_cluster_model_and_table_sent_once(cells, secact_grouped, tmp_path):
-    """With a Client the model and table are broadcast futures: the graph the writer submits
-    per block stays small, and the written result equals the local one."""
+def test_on_a_cluster_model_and_table_are_plain_keys(cells, secact_grouped, tmp_path):
+    """With a Client the model and table are still keys of an ordinary graph: building
+    computes and sends nothing, the graph holds no large literal, and the written result
+    equals the local one (the writer runs them once for all its windows:
+    tests/test_shared_work.py)."""
     distributed = pytest.importorskip("distributed")
     local = to_frames(infer(_lazy(cells, 16), signature=secact_grouped, group=False, n_rand=30))
     with (
@@ -278,12 +281,16 @@ def test_on_a_cluster_model_and_table_sent_once(cells, secact_grouped, tmp_path)
         res = infer(_lazy(cells, 16), signature=secact_grouped, group=False, n_rand=30)
         graph = res.layers["beta"].__dask_graph__()
         big = [k for k, v in dict(graph).items() if dask.sizeof.sizeof(v) > 2**20]
-        assert big == [], f"large literals in the graph: {big}"
-        # the model and the two tables (forward, inverse), broadcast; nothing else yet
-        held = client.who_has()
-        assert sorted(k.rsplit("-", 1)[0] for k in held) == ["Model", "ndarray", "ndarray"]
-        assert all(len(workers) == 2 for workers in held.values())
-        write_h5ad(res, tmp_path / "cells.h5ad")
+        # the model's task carries the signature: the only large entry
+        assert [k.startswith(SHARED_PREFIX + "build_model") for k in big] == [True], big
+        assert not [v for v in dict(graph).values() if isinstance(v, distributed.Future)]
+        assert client.who_has() == {}  # building ran and sent nothing
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            write_h5ad(res, tmp_path / "cells.h5ad")
+        # the model's task went to the cluster once, not with each window of blocks
+        large = [w for w in caught if "Sending large graph" in str(w.message)]
+        assert len(large) <= 1, [str(w.message) for w in large]
     got = ad.read_h5ad(tmp_path / "cells.h5ad")
     for name in ("beta", "se", "zscore"):
         np.testing.assert_allclose(got.layers[name].T, local[name], rtol=1e-12, atol=1e-14)
@@ -294,7 +301,8 @@ def _count_tasks(arrays, func) -> int:
     """Tasks of the merged graph of ``arrays`` whose key was made from ``func``'s name."""
     graph = dask.base.collections_to_expr(arrays).__dask_graph__()
     names = [key[0] if isinstance(key, tuple) else key for key in graph]
-    return sum(name.rsplit("-", 1)[0] == func.__name__ for name in names)
+    shared = SHARED_PREFIX + func.__name__.strip("_")  # see scdask._compute.shared
+    return sum(name.rsplit("-", 1)[0] == shared for name in names)
 
 
 @pytest.mark.parametrize("rows_per_block", [63, 5])

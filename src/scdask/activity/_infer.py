@@ -16,15 +16,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import anndata as ad
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scdask._compute import active_client, compute
+from scdask._compute import active_client, compute, shared
 from scdask._errors import InputError, counts_fix, require_counts
-from scdask._ops import CSRBlock, value_problems
+from scdask._ops import value_problems
 from scdask.activity._results import make_result
 from scdask.activity._ridge import (
     _MIN_SPARSE_ROWS,
@@ -37,11 +36,17 @@ from scdask.activity._ridge import (
     build_model,
     map_ridge,
     ridge_block,
-    shared,
 )
 from scdask.activity._signature import BUNDLED_SIGNATURES, group_signatures, load_signature
 from scdask.io._write import sources_of
-from scdask.preprocessing._blocks import gene_names, get_matrix, matrix_name, symbol_column
+from scdask.preprocessing._blocks import (
+    as_frame,
+    gene_names,
+    get_matrix,
+    lazy_matrix,
+    matrix_name,
+    symbol_column,
+)
 
 __all__ = ["LEVELS", "infer"]
 
@@ -302,12 +307,9 @@ def _recorded_sources(adata: ad.AnnData) -> dict:
 
 
 def _row_blocks(matrix) -> da.Array:
-    if isinstance(matrix, da.Array):
-        return matrix.rechunk({1: -1})
-    rows = (min(_BLOCK_ROWS, max(matrix.shape[0], 1)), matrix.shape[1])
-    if sp.issparse(matrix):
-        return da.from_array(CSRBlock(sp.csr_array(matrix)), chunks=rows, asarray=False)
-    return da.from_array(np.asarray(matrix), chunks=rows)
+    """The matrix as row blocks spanning all genes (``preprocessing._blocks.lazy_matrix``,
+    the boundary every step reads through: pydata sparse and scipy chunks converted)."""
+    return lazy_matrix(matrix, block_rows=_BLOCK_ROWS)
 
 
 def _parallelism() -> int:
@@ -560,6 +562,12 @@ def infer(
         files, their paths (``"sources"``), so that :func:`scdask.write_h5ad` refuses to
         write the result over them. :func:`to_frames` gives secactpy's dict.
 
+        A lazy result's four layers come from the same tasks: compute them together,
+        with :func:`to_frames`, :func:`scdask.write_h5ad` / :func:`scdask.write_zarr`
+        or one ``dask.compute`` of the layers you need, which run each block once. anndata's
+        own ``res.write_h5ad(...)`` and ``res.to_memory()`` compute the layers one by one,
+        running the whole inference once per layer.
+
     Raises
     ------
     scdask.InputError
@@ -677,7 +685,7 @@ def infer(
 
     need_totals = level == "spot" or names.has_duplicates
     totals = (
-        np.asarray(_reduce_blocks(_gene_sums, x, ((n_all,),)).compute()) if need_totals else None
+        np.asarray(compute(_reduce_blocks(_gene_sums, x, ((n_all,),)))[0]) if need_totals else None
     )
     if level == "spot":
         candidates = candidates[totals > 0]
@@ -685,7 +693,9 @@ def infer(
     kept_names = pd.Index(names[kept])
 
     if level == "pseudobulk":
-        groups, columns = _group_labels(adata.obs, cell_type_col)
+        wanted = [cell_type_col] if isinstance(cell_type_col, str) else cell_type_col or []
+        # read_lazy's obs (a Dataset2D) as pandas: only the label columns are read
+        groups, columns = _group_labels(as_frame(adata.obs, wanted), cell_type_col)
         y = _pseudobulk(x, kept, kept_names, groups, fix=fix, columns=columns)
         sig, grouped = _signature_matrix(signature, genes=y.index, **sig_args)
         n_matched, n_folded = _case_folded(written[kept], sig.index)
@@ -705,7 +715,7 @@ def infer(
         genes=position[common].to_numpy(),
         scale=float(scale_factor if level == "spot" else 1e5),
     )
-    stats = np.asarray(_reduce_blocks(_cell_stats, x, ((len(common) + 5,),), norm).compute())
+    stats = np.asarray(compute(_reduce_blocks(_cell_stats, x, ((len(common) + 5,),), norm))[0])
     sums, n_full, n_empty = stats[:-5], int(stats[-5]), int(stats[-4])
     require_counts(stats[-3:], step=f"level={level!r}", fix=fix, matrix=where)
     what = "spots" if level == "spot" else "cells"
@@ -732,7 +742,8 @@ def infer(
         transform=targets,
     )
     params = {**params, "n_genes": len(common), "n_empty": n_empty}
-    return make_result(stacked, adata.obs, list(sig.columns), grouped=grouped, params=params)
+    obs = as_frame(adata.obs)  # the input's obs, as pandas (read_lazy gives a Dataset2D)
+    return make_result(stacked, obs, list(sig.columns), grouped=grouped, params=params)
 
 
 def _pseudobulk(
@@ -774,7 +785,7 @@ def _pseudobulk(
     n_sums = len(types) * x.shape[1]
     stats = _reduce_blocks(_group_sums, x, ((n_sums + 3,),), codes_da[:, None], len(types))
     head = x[: min(100, x.shape[0])][:, kept[:1000]]
-    stats, head = dask.compute(stats, head)
+    stats, head = compute(stats, head)
     stats = np.asarray(stats)
     nonfinite, negative, _ = stats[n_sums:]
     # non-whole values are secactpy's normalised-input path (below), not an error

@@ -40,7 +40,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import dask
 import dask.array as da
 import llvmlite.ir as ir
 import numba
@@ -51,7 +50,7 @@ import scipy.stats
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from scdask._compute import active_client
+from scdask._compute import shared
 from scdask._errors import InputError
 from scdask.activity._permutation import RNG_METHODS, _inverse, permutation_table
 
@@ -715,26 +714,6 @@ def map_ridge(
         chunks=(y.chunks[0], (4,), (n_proteins,)),
         meta=np.empty((0, 0, 0), dtype=np.float64),
     )
-
-
-def shared(func: Callable, *args, **kwargs):
-    """``func(*args, **kwargs)`` as one object every block task can take.
-
-    With a distributed Client it is computed here and broadcast to every worker once (a
-    Future in the graph, so the graph stays small however many times it is submitted: the
-    writer submits one unit per block). Otherwise it is one ``dask.delayed`` key of the
-    graph, run once per compute by the local scheduler.
-
-    Examples
-    --------
-    >>> from scdask.activity._ridge import shared
-    >>> shared(sum, [1, 2]).compute()
-    3
-    """
-    client = active_client()
-    if client is None:
-        return dask.delayed(func, pure=True)(*args, **kwargs)
-    return client.scatter(func(*args, **kwargs), broadcast=True, hash=False)
 
 
 def _check_rng(rng: str, n_rand: int) -> None:

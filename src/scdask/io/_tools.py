@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from dask.utils import format_bytes, parse_bytes
 
+from scdask._compat import named_layers
 from scdask._errors import InputError
 from scdask._files import INCOMPLETE
 from scdask.io._dispatch import is_anndata_store, read
@@ -65,7 +66,7 @@ def _read_lazy(path: str | os.PathLike) -> tuple[ad.AnnData, Format | None, str]
 
 
 def _matrix_keys(adata: ad.AnnData) -> list[str]:
-    keys = ["X", *(f"layers/{k}" for k in adata.layers)]
+    keys = ["X", *(f"layers/{k}" for k in named_layers(adata))]
     return [*keys, "raw/X"] if adata.raw is not None else keys
 
 

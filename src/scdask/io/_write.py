@@ -16,6 +16,7 @@ an existing file at ``path`` is left as it was.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -29,14 +30,18 @@ import dask.array as da
 import h5py
 import numpy as np
 import scipy.sparse as sp
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from scdask import _progress
-from scdask._compute import active_client
+from scdask._compat import named_layers
+from scdask._compute import active_client, shared_keys, ship_once
 from scdask._errors import InputError
 from scdask._files import atomic_target, refuse_to_replace
 from scdask._ops import CSCBlock, CSRBlock
 from scdask.io._read import MatrixSource
 from scdask.io._store import Format, is_zarr_store
+from scdask.preprocessing._blocks import accept_matrix, as_frame
 
 __all__ = ["write_h5ad", "write_zarr"]
 
@@ -158,7 +163,7 @@ def write_store(
     >>> import os, tempfile, anndata as ad, numpy as np
     >>> out = os.path.join(tempfile.mkdtemp(), "a.h5ad")
     >>> write_store(ad.AnnData(np.ones((3, 2))), out, "h5ad", WriteOptions(window=1))
-    >>> ad.read_h5ad(out).X.sum()
+    >>> float(ad.read_h5ad(out).X.sum())
     6.0
     """
     target = Path(path).expanduser().absolute()
@@ -183,16 +188,18 @@ def _write_anndata(root, adata: ad.AnnData, opts: WriteOptions) -> None:
     sinks: list[_Sink] = []
     if adata.X is not None:
         _put(sinks, root, "X", adata.X, opts)
-    ad.io.write_elem(root, "obs", adata.obs, dataset_kwargs=opts.dataset_kwargs)
-    ad.io.write_elem(root, "var", adata.var, dataset_kwargs=opts.dataset_kwargs)
-    for key in ("layers", "obsm", "varm", "obsp", "varp"):
+    # read_lazy's obs/var are Dataset2D, which anndata cannot write: as pandas
+    ad.io.write_elem(root, "obs", as_frame(adata.obs), dataset_kwargs=opts.dataset_kwargs)
+    ad.io.write_elem(root, "var", as_frame(adata.var), dataset_kwargs=opts.dataset_kwargs)
+    _put_mapping(sinks, root, "layers", named_layers(adata), opts)
+    for key in ("obsm", "varm", "obsp", "varp"):
         _put_mapping(sinks, root, key, getattr(adata, key), opts)
     ad.io.write_elem(root, "uns", dict(adata.uns), dataset_kwargs=opts.dataset_kwargs)
     if adata.raw is not None:
         raw = root.create_group("raw")
         raw.attrs.update({"encoding-type": "raw", "encoding-version": "0.1.0"})
         _put(sinks, raw, "X", adata.raw.X, opts)
-        ad.io.write_elem(raw, "var", adata.raw.var, dataset_kwargs=opts.dataset_kwargs)
+        ad.io.write_elem(raw, "var", as_frame(adata.raw.var), dataset_kwargs=opts.dataset_kwargs)
         _put_mapping(sinks, raw, "varm", adata.raw.varm, opts)
     _stream(sinks, opts)
 
@@ -205,6 +212,8 @@ def _put_mapping(sinks: list, root, key: str, mapping, opts: WriteOptions) -> No
 
 def _put(sinks: list, group, key: str, value, opts: WriteOptions) -> None:
     """Queue a 2-D Dask matrix for :func:`_stream`; write anything else now."""
+    if not isinstance(value, da.Array) or value.ndim == 2:
+        value = accept_matrix(value)  # pydata sparse (or its chunks) as scdask blocks
     if isinstance(value, da.Array) and value.ndim == 2:
         layout = _layout(value)
         sink = _DenseSink if layout == "dense" else _SparseSink
@@ -254,7 +263,8 @@ def sources_of(adata: ad.AnnData) -> set[str]:
     >>> [p.endswith(".h5ad") for p in sources_of(adata)]
     [True]
     """
-    arrays = [adata.X, *adata.layers.values(), *adata.obsm.values(), *adata.varm.values()]
+    arrays = [adata.X, *named_layers(adata).values(), *adata.obsm.values()]
+    arrays += list(adata.varm.values())
     if adata.raw is not None:
         arrays.append(adata.raw.X)
     recorded = adata.uns.get("activity", {})
@@ -266,6 +276,10 @@ def sources_of(adata: ad.AnnData) -> set[str]:
             # Readers are materialized layers; other layers are not expanded.
             for task in getattr(layer, "mapping", {}).values():
                 paths.update(_paths_in(task))
+            # anndata's read_lazy reads in a blockwise layer: partial(make_dask_chunk, path, ...)
+            for func, _ in getattr(layer, "indices", ()):
+                if isinstance(func, functools.partial):
+                    paths.update(str(a) for a in func.args if isinstance(a, os.PathLike))
     return paths
 
 
@@ -448,7 +462,8 @@ def _computed(units: list, window: int | None) -> Iterator:
     With a distributed Client the units are futures in a sliding window; otherwise a window
     of units is computed in one ``dask.compute`` on a background thread while the previous
     window is consumed. ``window`` defaults to the number of worker threads (plus one with a
-    Client).
+    Client). Shared operands (:func:`scdask._compute.shared`) run once for all windows: held
+    on the cluster as futures, or computed first and put in the graph as data.
 
     Examples
     --------
@@ -457,12 +472,29 @@ def _computed(units: list, window: int | None) -> Iterator:
     >>> [b.tolist() for b in _computed(list(x.to_delayed()), window=2)]
     [[0, 1], [2, 3], [4, 5]]
     """
+    if not units:
+        return
+    graph = dict(HighLevelGraph.merge(*(u.__dask_graph__() for u in units)))
+    pinned = [Delayed(key, graph) for key in shared_keys(graph)]
     client = active_client()
     if client is not None:
         n = window or sum(client.nthreads().values()) + 1
-        return _client_window(client, units, max(1, n))
+        # held while the windows run; the units refer to them instead of carrying their
+        # tasks (a shared operand's inputs can be large: the signature matrix)
+        held = client.compute(pinned)
+        graph.update({operand.key: future for operand, future in zip(pinned, held, strict=True)})
+        units = ship_once(client, [Delayed(u.key, graph) for u in units])
+        try:
+            yield from _client_window(client, units, max(1, n))
+        finally:
+            client.cancel(held)
+        return
     n = window or (dask.config.get("num_workers", None) or os.cpu_count() or 1)
-    return _thread_window(units, max(1, int(n)))
+    if pinned:  # computed once; every window takes them as data
+        for operand, value in zip(pinned, dask.compute(*pinned), strict=True):
+            graph.update(dask.delayed(value, name=operand.key, traverse=False).dask)
+        units = [Delayed(u.key, graph) for u in units]
+    yield from _thread_window(units, max(1, int(n)))
 
 
 def _client_window(client, blocks: list, window: int) -> Iterator:

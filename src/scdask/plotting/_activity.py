@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import dask
 import numpy as np
 import pandas as pd
 
+from scdask._compute import compute
 from scdask._errors import InputError
 from scdask.plotting._figure import DIVERGING, GREY, finish, new_figure, to_numpy
 
@@ -180,6 +182,9 @@ def volcano(
         raise InputError(f"label_top must be 0 or more, got {label_top}")
     if not 0 < threshold < 1:
         raise InputError(f"threshold must lie in (0, 1), got {threshold}")
+    if dask.is_dask_collection(zscore) or dask.is_dask_collection(pvalue):
+        # one compute: rows of one lazy result share the task that makes them
+        zscore, pvalue = compute(zscore, pvalue)
     z = _as_series(zscore, names, what="zscore")
     p = _as_series(pvalue, names, what="pvalue")
     if len(z) != len(p) or not p.index.isin(z.index).all():

@@ -8,6 +8,8 @@ helpers build those graphs; each public function then runs a single ``dask.compu
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -24,7 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.utils import ensure_dict, funcname
 
 from scdask._errors import InputError
-from scdask._ops import as_block
+from scdask._ops import CSCBlock, CSRBlock, as_block
 
 #: ``var`` columns that hold gene symbols, in the order they are looked for when the gene
 #: names are Ensembl IDs (CELLxGENE writes ``feature_name``, scanpy's 10x reader
@@ -47,7 +49,9 @@ def get_matrix(
     ``layer=`` and ``use_raw=``. ``use_raw=True`` reads ``adata.raw.X``, whose genes are
     ``adata.raw.var``; a function named by ``step`` writes per-gene results into ``var`` or
     replaces ``X`` with what it made of that matrix, so it needs ``raw`` to have exactly
-    ``var``'s genes (true of CELLxGENE files).
+    ``var``'s genes (true of CELLxGENE files). The matrix is returned through
+    :func:`accept_matrix` (a Dask array of pydata ``sparse`` or plain scipy chunks gets a
+    per-chunk conversion to scdask's blocks; nothing is computed).
 
     Raises
     ------
@@ -87,12 +91,12 @@ def get_matrix(
                 f"other genes ({raw.n_vars:,}) than adata ({adata.n_vars:,}); run it on "
                 "adata.raw.to_adata() instead"
             )
-        return raw.X
+        return accept_matrix(raw.X)
     if layer is None:
-        return adata.X
+        return accept_matrix(adata.X)
     if layer not in adata.layers:
         raise KeyError(f"Layer {layer!r} not found in adata.layers ({list(adata.layers)}).")
-    return adata.layers[layer]
+    return accept_matrix(adata.layers[layer])
 
 
 def matrix_name(*, layer: str | None = None, use_raw: bool | None = False) -> str:
@@ -128,9 +132,9 @@ def gene_names(
     if gene_symbols is None:
         return pd.Index(table.index.astype(str))
     if gene_symbols in table.columns:
-        values = table[gene_symbols]
+        values = as_frame(table, [gene_symbols])[gene_symbols]
     elif use_raw and gene_symbols in adata.var.columns:
-        values = adata.var[gene_symbols].reindex(table.index)
+        values = as_frame(adata.var, [gene_symbols])[gene_symbols].reindex(table.index)
     else:
         where = "raw.var" if use_raw else "var"
         raise InputError(
@@ -174,25 +178,175 @@ def symbol_column(var: pd.DataFrame, *also: pd.DataFrame) -> str | None:
     return None
 
 
-def lazy_matrix(x) -> da.Array:
-    """``x`` as a Dask array of row blocks that span all columns (in-memory: one block).
+def _is_pydata_sparse(x) -> bool:
+    """Whether ``x`` is a pydata ``sparse`` array (``COO``, ``GCXS``, ...), without
+    importing ``sparse`` (an optional dependency)."""
+    return type(x).__module__.split(".")[0] == "sparse" and hasattr(x, "to_scipy_sparse")
 
-    Sparse in-memory matrices become one :class:`scdask._ops.CSRBlock`; a Dask array
+
+def _check_fill(x) -> None:
+    fill = getattr(x, "fill_value", 0)
+    if fill != 0:
+        raise InputError(
+            f"a pydata sparse matrix with fill_value={fill!r} stores the values that are not "
+            f"{fill!r}, not the non-zeros; pass one with fill_value=0 (e.g. "
+            "sparse.COO.from_numpy(dense)) or a dense matrix"
+        )
+
+
+def chunk_as_block(chunk):
+    """One chunk of a matrix users pass, as a block scdask computes on (no copy where the
+    chunk is one already): pydata ``sparse`` (``COO``, ``GCXS``) and scipy matrices in any
+    format become :class:`scdask._ops.CSRBlock` (CSC stays a ``CSCBlock``), ``np.matrix``
+    an ndarray; numpy and GPU chunks are returned as they are.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> type(chunk_as_block(sp.coo_matrix(np.eye(2)))).__name__
+    'CSRBlock'
+    """
+    if _is_pydata_sparse(chunk):
+        if chunk.ndim != 2:
+            raise InputError(f"expected a 2-D matrix, got a {chunk.ndim}-D pydata sparse array")
+        _check_fill(chunk)
+        chunk = chunk.tocsr() if hasattr(chunk, "tocsr") else chunk.to_scipy_sparse().tocsr()
+    if sp.issparse(chunk) and chunk.format not in ("csr", "csc"):
+        chunk = chunk.tocsr()
+    return as_block(chunk)
+
+
+def _needs_conversion(meta) -> bool:
+    """Whether chunks like ``meta`` must go through :func:`chunk_as_block`: pydata sparse,
+    ``np.matrix``, and scipy matrices that are not our blocks (anndata's own lazy reader,
+    ``read_lazy``, gives scipy ``csr_matrix`` chunks, on which numpy's ufuncs fail)."""
+    if _is_pydata_sparse(meta) or isinstance(meta, np.matrix):
+        return True
+    return sp.issparse(meta) and not isinstance(meta, (CSRBlock, CSCBlock))
+
+
+def accept_matrix(x):
+    """What users pass as a matrix, as one scdask computes on, without computing anything.
+
+    The one boundary between the matrices users bring and scdask's steps: every ``scdask.pp``
+    step and :func:`scdask.activity.infer` read their matrix through it (via
+    :func:`get_matrix`), and :func:`scdask.write_h5ad` / ``write_zarr`` write each matrix
+    through it. numpy arrays and scipy matrices in memory are returned unchanged (in-memory
+    pydata ``sparse`` arrays become a :class:`scdask._ops.CSRBlock`); a Dask array whose
+    chunks are pydata ``sparse`` (``COO``, ``GCXS``: dask's documented sparse idiom, used
+    with xarray), plain scipy matrices (anndata's ``read_lazy``) or ``np.matrix`` gets one
+    :func:`chunk_as_block` per chunk (``map_blocks`` with an explicit ``meta``: nothing runs
+    now). Dask arrays of numpy or of scdask's blocks are returned unchanged.
+
+    Raises
+    ------
+    scdask.InputError
+        Not 2-D, or a pydata sparse matrix whose ``fill_value`` is not 0.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, scipy.sparse as sp
+    >>> x = da.from_array(sp.csr_matrix(np.eye(4)), chunks=(2, 4), asarray=False)
+    >>> type(accept_matrix(x)._meta).__name__
+    'CSRBlock'
+    >>> y = da.ones((4, 3), chunks=2)
+    >>> accept_matrix(y) is y
+    True
+    """
+    if x is None:
+        return x
+    if not isinstance(x, da.Array):
+        if _is_pydata_sparse(x):
+            return chunk_as_block(x)
+        return x
+    if x.ndim != 2:
+        raise InputError(f"expected a 2-D matrix (cells x genes), got {x.ndim}-D, shape {x.shape}")
+    meta = x._meta
+    if not _needs_conversion(meta):
+        return x
+    if isinstance(meta, np.matrix):
+        like = np.empty((0, 0), dtype=x.dtype)
+    elif sp.issparse(meta) and meta.format == "csc":
+        like = CSCBlock((0, 0), dtype=x.dtype)
+    else:  # pydata sparse; scipy CSR, COO, ...
+        if _is_pydata_sparse(meta):
+            _check_fill(meta)
+        like = CSRBlock((0, 0), dtype=x.dtype)
+    return x.map_blocks(chunk_as_block, dtype=x.dtype, meta=like)
+
+
+def lazy_matrix(x, block_rows: int | None = None) -> da.Array:
+    """``x`` (any matrix :func:`accept_matrix` takes) as a Dask array of row blocks that span
+    all columns: in memory, blocks of ``block_rows`` rows (default: one block); a Dask array
     chunked along the genes is rechunked to whole rows.
+
+    Sparse in-memory matrices become :class:`scdask._ops.CSRBlock` blocks.
 
     Examples
     --------
     >>> import numpy as np
     >>> lazy_matrix(np.ones((4, 3))).chunks
     ((4,), (3,))
+    >>> lazy_matrix(np.ones((4, 3)), block_rows=3).chunks
+    ((3, 1), (3,))
     """
+    x = accept_matrix(x)
     if isinstance(x, da.Array):
         return x if x.numblocks[1] == 1 else x.rechunk({1: -1})
     if sp.issparse(x):
         x = as_block(x.tocsr() if x.format != "csr" else x)
     else:
         x = np.asarray(x)
-    return da.from_array(x, chunks=x.shape, asarray=False, name=False)
+    rows = x.shape[0] if block_rows is None else min(block_rows, max(x.shape[0], 1))
+    bounds = [*range(0, x.shape[0], rows), x.shape[0]] if x.shape[0] else [0, 0]
+    # each block is data of its own key (not a slice task on one array key, which dask's
+    # optimisation fuses into every consumer): the compute boundary can then send it to a
+    # cluster once for all the passes of a step (scdask._compute.ship_once)
+    name = f"in-memory-{uuid.uuid4().hex}"
+    pieces = itertools.pairwise(bounds)
+    graph = {
+        (name, i, 0): x[lo:hi] if rows < x.shape[0] else x for i, (lo, hi) in enumerate(pieces)
+    }
+    chunks = (tuple(np.diff(bounds).tolist()), (x.shape[1],))
+    return da.Array(graph, name, chunks, meta=x[:0])
+
+
+def as_frame(table, columns=None) -> pd.DataFrame:
+    """``obs``/``var`` as a pandas DataFrame: as it is, or anndata's lazy ``Dataset2D``
+    (``anndata.experimental.read_lazy``) read into memory. ``columns``: only those (names
+    that are not columns are left out, for the caller to report); default all.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> as_frame(pd.DataFrame({"a": [1], "b": [2]}), ["b", "c"]).columns.tolist()
+    ['b']
+    """
+    if columns is not None:
+        present = set(table.columns)
+        table = table[[c for c in columns if isinstance(c, str) and c in present]]
+    if isinstance(table, pd.DataFrame):
+        return table
+    return table.to_memory()
+
+
+def set_columns(table, values: pd.DataFrame) -> None:
+    """Write the columns of ``values`` (indexed like ``table``) into ``obs``/``var``: a pandas
+    frame, or anndata's lazy ``Dataset2D``, which takes one column at a time.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame(index=["x", "y"])
+    >>> set_columns(t, pd.DataFrame({"n": [1, 2]}, index=t.index))
+    >>> t["n"].tolist()
+    [1, 2]
+    """
+    if isinstance(table, pd.DataFrame):
+        table[values.columns] = values
+        return
+    for column in values.columns:
+        table[column] = values[column].to_numpy()
 
 
 def csr(block) -> sp.csr_array:
@@ -361,6 +515,9 @@ def block_tasks(
     keys = []
     for i in range(x.numblocks[0]):
         block = graph.pop((x.name, i, 0))
+        if isinstance(block, DataNode):  # in-memory data: its own key, sent once per compute
+            graph[block.key] = block
+            block = TaskRef(block.key)
         key = (name, i)
         slices = [r[bounds[i] : bounds[i + 1]] for r in rows]
         graph[key] = Task(key, func, block, *slices, *shared_refs, **kwargs)

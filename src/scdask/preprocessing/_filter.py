@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dask
 import numpy as np
 from anndata import AnnData
 
+from scdask._compute import compute
 from scdask._errors import InputError
 from scdask.preprocessing._blocks import (
     csr,
@@ -60,7 +60,7 @@ def _numbers(x, *, axis: int, detected: bool) -> np.ndarray:
         graph = row_partials(lazy, _cell_numbers, 1, detected=detected)[:, 0]
     else:
         graph = gene_partials(lazy, _gene_numbers, 1, detected=detected)[0]
-    (number,) = dask.compute(graph)
+    (number,) = compute(graph)
     return number.astype(np.int64 if detected else sum_dtype(x.dtype))
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-import dask
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy.stats import norm
 
+from scdask._compute import compute
 from scdask._errors import InputError
 from scdask.preprocessing._blocks import (
     csr,
@@ -385,7 +385,7 @@ def highly_variable_genes(
         if flavor == "seurat":
             base = adata.uns.get("log1p", {}).get("base")
             scale = 1.0 if base is None else float(np.log(base))
-        (moments,) = dask.compute(
+        (moments,) = compute(
             gene_partials(
                 lazy,
                 _moments,
@@ -434,7 +434,7 @@ def highly_variable_genes(
             graphs.append(
                 row_partials(lazy, _totals_kernel, 1, genes=[ones], out_dtype=np.float64)[:, 0]
             )
-        first = dask.compute(*graphs)
+        first = compute(*graphs)
         moments = first[0].reshape(n_groups, _N_MOMENTS, -1)
         if check_values and moments[:, _NONCOUNT].sum() > 0:
             warnings.warn(
@@ -508,7 +508,7 @@ def _seurat_v3_variances(lazy, codes, moments, counts, *, span: float) -> np.nda
     reg_std = np.vstack([_regularized_std(m, v, span) for m, v in zip(mean, var, strict=True)])
     clip_values = reg_std * np.sqrt(counts.astype(np.float64))[:, np.newaxis] + mean
     n_groups = len(counts)
-    (clipped,) = dask.compute(
+    (clipped,) = compute(
         gene_partials(
             lazy,
             _clipped_moments,
@@ -529,7 +529,7 @@ def _pearson_variances(lazy, codes, totals, moments, counts, *, theta, clip) -> 
     gene_sums = moments[:, _SUM]
     if clip is None:
         clip = float(np.sqrt(counts[0]))
-    (res,) = dask.compute(
+    (res,) = compute(
         gene_partials(
             lazy,
             _residual_moments,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import warnings
 from numbers import Number
 
-import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from scdask._compute import compute
 from scdask._errors import InputError
 from scdask.preprocessing._blocks import (
     csr,
@@ -141,7 +141,7 @@ def normalize_total(
         hits = gene_partials(
             lazy_matrix(x), _highly_expressed, 1, max_fraction=max_fraction, out_dtype=dtype
         )
-        (hits,) = dask.compute(hits[0])
+        (hits,) = compute(hits[0])
         gene_mask = hits == 0
     totals = None
     if not is_lazy:
@@ -149,7 +149,7 @@ def normalize_total(
         totals = _cell_totals(x, gene_mask, out_dtype=dtype)
     elif target_sum is None or key_added is not None:
         graph = row_partials(lazy_matrix(x), _totals_kernel, 1, genes=[gene_mask], out_dtype=dtype)
-        (totals,) = dask.compute(graph[:, 0])
+        (totals,) = compute(graph[:, 0])
         totals = totals.astype(dtype)
     if totals is not None and not np.all(totals > 0):
         warnings.warn("Some cells have zero counts", UserWarning, stacklevel=2)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import dask
 import numba
 import numpy as np
 
+from scdask._compute import compute
 from scdask._errors import InputError
 from scdask._ops import is_sparse_block
 from scdask.preprocessing._blocks import csr, get_matrix, lazy_matrix, map_rows, sum_blocks
@@ -240,7 +240,7 @@ def covariance_fit(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Exact fit in one pass: (components p x k, eigenvalues, column means, total variance)."""
     n, p = x.shape[0], x.shape[1] if cols is None else len(cols)
-    (packed,) = dask.compute(sum_blocks(x, gram_block, (gram_size(p),), shared=_optional(cols)))
+    (packed,) = compute(sum_blocks(x, gram_block, (gram_size(p),), shared=_optional(cols)))
     gram, sums = unpack_gram(packed, p)
     mean = sums / n
     centred = gram - n * np.outer(mean, mean)
@@ -273,7 +273,7 @@ def randomized_fit(
     width = min(p, n_comps + n_oversamples)
     rng = np.random.default_rng(random_state)
     z = _orthonormal(rng.standard_normal((p, width)))
-    (first,) = dask.compute(
+    (first,) = compute(
         sum_blocks(x, _apply_normal, (p, width + 2), shared=[z, *_optional(cols)], moments=True)
     )
     applied, sums, sumsq = first[:, :width], first[:, width], first[:, width + 1]
@@ -284,9 +284,7 @@ def randomized_fit(
     applied -= n * np.outer(mean, mean @ z)
     for _ in range(n_iter - 1):
         z = _orthonormal(applied)
-        (applied,) = dask.compute(
-            sum_blocks(x, _apply_normal, (p, width), shared=[z, *_optional(cols)])
-        )
+        (applied,) = compute(sum_blocks(x, _apply_normal, (p, width), shared=[z, *_optional(cols)]))
         applied -= n * np.outer(mean, mean @ z)
     ritz = z.T @ applied
     ritz_values, ritz_vectors = np.linalg.eigh((ritz + ritz.T) / 2)
@@ -445,7 +443,7 @@ def pca(
         dtype=np.dtype(dtype),
         out_dtype=np.dtype(dtype),
     )
-    (x_pca,) = dask.compute(coords)
+    (x_pca,) = compute(coords)
     if not zero_center:
         variance = x_pca.astype(np.float64).var(axis=0)
         total = total * (x.shape[0] - 1) / x.shape[0]

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-import dask
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from scdask._compute import compute
 from scdask._errors import InputError
 from scdask.preprocessing._blocks import (
     csr,
@@ -22,6 +22,7 @@ from scdask.preprocessing._blocks import (
     lazy_matrix,
     row_of_values,
     row_partials,
+    set_columns,
     sum_dtype,
 )
 
@@ -204,7 +205,7 @@ def calculate_qc_metrics(
         masks[i] = np.asarray(adata.var[name], dtype=bool)
     lazy = lazy_matrix(x)
     n_cols = 2 + len(ns) + len(qc_vars)
-    cells, genes = dask.compute(
+    cells, genes = compute(
         row_partials(lazy, _qc_cells, n_cols, genes=[masks], ns=ns),
         gene_partials(lazy, _qc_genes, 2),
     )
@@ -238,6 +239,6 @@ def calculate_qc_metrics(
         var[f"log1p_{total}"] = np.log1p(var[total])
     if not inplace:
         return obs, var
-    adata.obs[obs.columns] = obs
-    adata.var[var.columns] = var
+    set_columns(adata.obs, obs)  # pandas, or read_lazy's Dataset2D
+    set_columns(adata.var, var)
     return None

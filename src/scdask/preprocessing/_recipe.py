@@ -46,7 +46,6 @@ from collections.abc import Collection
 from typing import Literal
 
 import anndata as ad
-import dask
 import numba
 import numpy as np
 import scipy.sparse as sp
@@ -439,7 +438,7 @@ def recipe(
     )
 
     # pass 1: QC metrics and both filters
-    cells, gene_stats = dask.compute(
+    cells, gene_stats = compute(
         *per_block_pass(lazy, _qc_pass, shared=[masks], min_genes=min_genes)
     )
     require_counts(
@@ -471,7 +470,7 @@ def recipe(
 
     # pass 2: normalisation, HVG moments and the scaling statistics of the log data
     norm = {"target_sum": target_sum, "out_dtype": dtype}
-    factor, stats = dask.compute(
+    factor, stats = compute(
         *per_block_pass(
             lazy,
             _lognorm_pass,
@@ -503,7 +502,7 @@ def recipe(
     # pass 3: Gram of the scaled, clipped HVG matrix (as Y = Z - 1cᵀ, sparse)
     scaled = {"out_dtype": dtype, "max_value": max_value}
     p = len(hvg)
-    (packed,) = dask.compute(
+    (packed,) = compute(
         sum_blocks(
             lazy,
             _scaled_gram,

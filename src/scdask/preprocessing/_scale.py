@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import dask
 import dask.array as da
 import numpy as np
 
+from scdask._compute import compute
 from scdask._ops import as_block
 from scdask.preprocessing._blocks import get_matrix, lazy_matrix, sum_blocks
 
@@ -125,7 +125,7 @@ def scale(
     adata = adata.copy() if copy else adata
     x = get_matrix(adata, layer=layer, use_raw=use_raw, step="scale")
     lazy = lazy_matrix(x)
-    (moments,) = dask.compute(column_moments(lazy))
+    (moments,) = compute(column_moments(lazy))
     mean, std = mean_std(moments, x.shape[0])
     dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
     kwargs = {"zero_center": zero_center, "max_value": max_value, "out_dtype": dtype}
