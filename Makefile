@@ -13,6 +13,7 @@ demo: setup
 # The SLURM tests need the one-node SLURM of scripts/slurm-local.sh. If it is not up and this
 # user can start it, it is started for the run and stopped afterwards; otherwise those tests
 # skip with the reason (or fail, when SCDASK_REQUIRE_SLURM=1 as in .ci/run).
+# Every docstring example in src/scdask runs too (--doctest-modules).
 # Any non-zero pytest exit fails the target, including 5 (no tests collected).
 # Then the interop tests run again on Python 3.12 with the newest anndata and scanpy (.venv312);
 # without a python3.12 (PATH or pyenv) they are skipped with a line, or fail when
@@ -31,7 +32,7 @@ test-main: setup
 	else \
 	  echo "make test: could not start a local SLURM (see above); the slurm tests will skip"; \
 	fi; \
-	rc=0; $(PY) -m pytest -q tests || rc=$$?; \
+	rc=0; $(PY) -m pytest -q --doctest-modules src/scdask tests || rc=$$?; \
 	if [[ $$started == 1 ]]; then scripts/slurm-local.sh stop || true; fi; \
 	if [[ $$rc == 5 ]]; then echo "make test: pytest collected no tests"; fi; \
 	exit $$rc

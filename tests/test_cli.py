@@ -142,3 +142,38 @@ def test_progress_step_keeps_the_client_active():
         finally:
             client.cluster.close()
     assert active_client() is None
+
+
+@pytest.mark.parametrize("kind", ["h5ad", "zarr", "10x-h5", "mtx", "visium"])
+def test_every_command_reads_every_format(kind, tmp_path, capsys):
+    import scipy.sparse as sp
+
+    import scdask
+    from scdask.datasets._tenx import write_10x_h5, write_10x_mtx, write_visium
+
+    adata = scdask.datasets.sample()[:120].copy()
+    adata.X = sp.csr_matrix(adata.X)
+    path = tmp_path / "in"
+    if kind == "h5ad":
+        path = path.with_suffix(".h5ad")
+        adata.write_h5ad(path)
+    elif kind == "zarr":
+        path = path.with_suffix(".zarr")
+        adata.write_zarr(path)
+    elif kind == "10x-h5":
+        path = write_10x_h5(adata, tmp_path / "filtered_feature_bc_matrix.h5")
+    elif kind == "mtx":
+        path = write_10x_mtx(adata, tmp_path / "filtered_feature_bc_matrix")
+    else:
+        path = write_visium(adata, tmp_path / "outs")
+    want = scdask.read(path).X.compute().toarray()
+    np.testing.assert_array_equal(want, adata.X.toarray())
+    assert main(["info", str(path)]) == 0
+    assert "120 cells" in capsys.readouterr().out
+    level = "spot" if kind == "visium" else "cell"
+    out = tmp_path / "act.h5ad"
+    argv = ["activity", str(path), str(out), "--level", level, "--signature", "cytosig"]
+    assert main([*argv, "--n-rand", "5", "--launcher", "none"]) == 0
+    assert ad.read_h5ad(out).n_obs == 120
+    assert main(["convert", str(path), str(tmp_path / "copy.h5ad")]) == 0
+    np.testing.assert_array_equal(ad.read_h5ad(tmp_path / "copy.h5ad").X.toarray(), want)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from scdask._compute import SHARED_PREFIX
 from scdask._ops import CSRBlock
 from scdask.activity import SparseTargets, build_model, projection_matrix, ridge, ridge_block
 from scdask.activity._ridge import _MIN_SPARSE_ROWS, _TILE, _aligned_zeros, _tables
@@ -72,8 +73,9 @@ def test_dask_input_same_numbers_one_key_each(problem):
     lazy = ridge(da.from_array(y.T, chunks=(8, 200)), x, n_rand=60)
     graph = dask.base.collections_to_expr(list(lazy.values())).__dask_graph__()
     names = [k[0] if isinstance(k, tuple) else k for k in graph]
-    assert sum(n.startswith("build_model-") for n in names) == 1
-    assert sum(n.startswith("_tables-") for n in names) == 1
+    # one shared key each (scdask._compute.shared)
+    assert sum(n.startswith(SHARED_PREFIX + "build_model-") for n in names) == 1
+    assert sum(n.startswith(SHARED_PREFIX + "tables-") for n in names) == 1
     computed = dask.compute(lazy)[0]
     for name in STATS:
         assert computed[name].shape == (45, 30)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from scdask._ops._compat import register_anndata
 from scdask._ops._register import register_dask
-from scdask._ops._sparse import CSCBlock, CSRBlock, as_block, concatenate, is_sparse_block
+from scdask._ops._sparse import (
+    BLOCK_BASE,
+    CSCBlock,
+    CSRBlock,
+    as_block,
+    concatenate,
+    is_sparse_block,
+)
 from scdask._ops._values import stored_values, value_problems
 
 register_dask()
+register_anndata()
 
 __all__ = [
+    "BLOCK_BASE",
     "CSCBlock",
     "CSRBlock",
     "as_block",

@@ -301,7 +301,8 @@ def _apply_normal(block, z, cols=None, *, moments: bool = False):
     applied = np.asarray(b.T @ np.asarray(b @ z))
     if not moments:
         return applied
-    return np.column_stack([applied, np.sum(b, axis=0), np.sum(b * b, axis=0)])
+    sums = np.sum(b, axis=0, keepdims=True)[0]  # keepdims: 1-D whatever the block type
+    return np.column_stack([applied, sums, np.sum(b * b, axis=0, keepdims=True)[0]])
 
 
 def _resolve_mask(adata: ad.AnnData, mask_var, use_highly_variable: bool | None):

@@ -19,7 +19,8 @@ __all__ = ["scale"]
 
 def _moments_block(block, cols=None):
     b = (block if cols is None else block[:, cols]).astype(np.float64)
-    return np.stack([np.sum(b, axis=0), np.sum(b * b, axis=0)])
+    # keepdims: numpy's shape whatever the block type (np.sum of a csr_matrix is 2-D)
+    return np.concatenate([np.sum(b, axis=0, keepdims=True), np.sum(b * b, axis=0, keepdims=True)])
 
 
 def column_moments(x: da.Array, cols: np.ndarray | None = None) -> da.Array:

@@ -1,0 +1,64 @@
+"""anndata's writers for our block types: the one place that touches anndata's private API.
+
+anndata picks a writer by the exact type of what it writes (``type(x)``, or
+``(DaskArray, type(x._meta))`` for Dask arrays), so a subclass of ``csr_matrix`` is not
+found and a Dask array of our blocks falls through to the dense writer ("setting an array
+element with a sequence"). :func:`register_anndata` gives our blocks the writers anndata
+registered for ``csr_matrix``/``csc_matrix`` (in memory, and as the chunks of a Dask array
+or of an anndata view of one): they only read ``data``, ``indices``, ``indptr``, ``shape``
+and ``format``, which our blocks share with every scipy CSR/CSC. anndata has no public way
+to do this; ``tests/ops/test_interop.py`` fails loudly if the registry changes shape.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import scipy.sparse as sp
+
+from scdask._ops._sparse import CSCBlock, CSRBlock
+
+__all__ = ["register_anndata"]
+
+_OURS = {sp.csr_matrix: CSRBlock, sp.csc_matrix: CSCBlock}
+
+
+def _ours(src):
+    """The key for our block of an anndata write key naming a scipy matrix, else None."""
+    if isinstance(src, type):
+        return _OURS.get(src)
+    if isinstance(src, tuple) and len(src) >= 2 and src[1] in _OURS:
+        return (src[0], _OURS[src[1]], *src[2:])
+    return None
+
+
+def register_anndata() -> bool:
+    """Register the block types with anndata's writers (idempotent).
+
+    Returns
+    -------
+    bool
+        Whether anndata's registry had the expected shape (otherwise a warning says that
+        anndata cannot write our blocks).
+    """
+    try:
+        from anndata._io.specs.registry import _REGISTRY
+
+        writers, specs = _REGISTRY.write, _REGISTRY.write_specs
+        for (dest, src, modifiers), func in list(writers.items()):
+            ours = _ours(src)
+            if ours is not None:
+                writers.setdefault((dest, ours, modifiers), func)
+        for src, spec in list(specs.items()):
+            ours = _ours(src)
+            if ours is not None:
+                specs.setdefault(ours, spec)
+    except (ImportError, AttributeError, TypeError, ValueError) as err:  # pragma: no cover
+        warnings.warn(
+            f"scdask could not register its sparse blocks with anndata's writers ({err}); "
+            "write with scdask.write_h5ad / write_zarr instead of AnnData.write_h5ad",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
