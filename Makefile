@@ -32,7 +32,8 @@ test-main: setup
 	else \
 	  echo "make test: could not start a local SLURM (see above); the slurm tests will skip"; \
 	fi; \
-	rc=0; $(PY) -m pytest -q --doctest-modules src/scdask tests || rc=$$?; \
+	rc=0; $(PY) -m pytest -q --doctest-modules src/scdask || rc=$$?; \
+	$(PY) -m pytest -q tests || rc=$$?; \
 	if [[ $$started == 1 ]]; then scripts/slurm-local.sh stop || true; fi; \
 	if [[ $$rc == 5 ]]; then echo "make test: pytest collected no tests"; fi; \
 	exit $$rc
