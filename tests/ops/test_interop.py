@@ -254,16 +254,7 @@ DOCUMENTED = {
 
 #: Cases scanpy runs on ``csr_matrix`` chunks but not on scdask's, with the reason (also in
 #: README's "Not supported yet"); checked like DOCUMENTED.
-DIVERGES = (
-    {
-        "pca_after_scale_covariance_eigh": (
-            "scanpy < 1.12: normalize_total returns plain csr_matrix chunks under the array's "
-            "scdask meta; scale then makes np.matrix chunks that scanpy's PCA cannot sum"
-        )
-    }
-    if _scanpy_version() < (1, 12)
-    else {}
-)
+DIVERGES: dict = {}  # scanpy calls that work on csr_matrix chunks but not on ours: none
 
 
 def _outcome(case, make):
@@ -452,3 +443,18 @@ def test_scanpy_chain_in_memory_on_to_memory():
         warnings.simplefilter("ignore")
         agg = sc.get.aggregate(adata.raw.to_adata(), "bulk_labels", func="mean")
     assert agg.shape[0] == adata.obs["bulk_labels"].nunique()
+
+
+def test_scanpy_normalize_total_keeps_our_blocks(sample_path):
+    """scanpy < 1.12 rebuilds scaled chunks as plain csr_matrix; ours stay blocks (the
+    registration in scdask._ops._compat.register_scanpy), so later steps still work."""
+    import scanpy as sc
+
+    import scdask
+
+    lazy = scdask.read_h5ad(sample_path, chunk_size=200)
+    sc.pp.normalize_total(lazy, target_sum=1e4)
+    block = lazy.X.blocks[0].compute()
+    assert type(block) is type(lazy.X._meta)
+    totals = np.asarray(lazy.X.sum(axis=1).compute()).ravel()  # a dask op on those chunks
+    np.testing.assert_allclose(totals[totals > 0], 1e4, rtol=1e-4)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scdask._ops._compat import register_anndata
+from scdask._ops._compat import register_anndata, register_scanpy
 from scdask._ops._register import register_dask
 from scdask._ops._sparse import (
     BLOCK_BASE,
@@ -16,6 +16,7 @@ from scdask._ops._values import stored_values, value_problems
 
 register_dask()
 register_anndata()
+register_scanpy()
 
 __all__ = [
     "BLOCK_BASE",

@@ -16,9 +16,9 @@ import warnings
 
 import scipy.sparse as sp
 
-from scdask._ops._sparse import CSCBlock, CSRBlock
+from scdask._ops._sparse import CSCBlock, CSRBlock, as_block
 
-__all__ = ["register_anndata"]
+__all__ = ["register_anndata", "register_scanpy"]
 
 _OURS = {sp.csr_matrix: CSRBlock, sp.csc_matrix: CSCBlock}
 
@@ -61,4 +61,39 @@ def register_anndata() -> bool:
             stacklevel=2,
         )
         return False
+    return True
+
+
+def register_scanpy() -> bool:
+    """Keep our block type through scanpy < 1.12's row and column scaling (idempotent).
+
+    scanpy 1.11's ``normalize_total`` scales each chunk with
+    ``scanpy._utils.axis_mul_or_truediv``, which rebuilds a CSR chunk as a plain
+    ``csr_matrix``: the Dask array then has our meta over scipy chunks, and later steps
+    (``scale``, then ``pca``) fail on them. scanpy 1.12 works without this. Registered here
+    for our blocks: scanpy's own function, its result wrapped back as a block. Only done when
+    scanpy < 1.12 is installed (it imports scanpy); ``tests/ops/test_interop.py`` checks it.
+
+    Returns
+    -------
+    bool
+        Whether the registration was made.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        from packaging.version import Version
+
+        if Version(version("scanpy")) >= Version("1.12"):
+            return False
+        from scanpy._utils import axis_mul_or_truediv
+    except (PackageNotFoundError, ImportError):
+        return False
+    scale = axis_mul_or_truediv.dispatch(sp.csr_matrix)
+
+    def keep_block(x, *args, **kwargs):
+        return as_block(scale(x, *args, **kwargs))
+
+    for cls in (CSRBlock, CSCBlock):
+        axis_mul_or_truediv.register(cls, keep_block)
     return True
