@@ -12,6 +12,9 @@ to do this; ``tests/ops/test_interop.py`` fails loudly if the registry changes s
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import sys
 import warnings
 
 import scipy.sparse as sp
@@ -71,13 +74,15 @@ def register_scanpy() -> bool:
     ``scanpy._utils.axis_mul_or_truediv``, which rebuilds a CSR chunk as a plain
     ``csr_matrix``: the Dask array then has our meta over scipy chunks, and later steps
     (``scale``, then ``pca``) fail on them. scanpy 1.12 works without this. Registered here
-    for our blocks: scanpy's own function, its result wrapped back as a block. Only done when
-    scanpy < 1.12 is installed (it imports scanpy); ``tests/ops/test_interop.py`` checks it.
+    for our blocks: scanpy's own function, its result wrapped back as a block. scanpy is not
+    imported for it (importing scdask stays light): the registration is made now if scanpy
+    is loaded, else when it is (an import hook for ``scanpy._utils`` alone).
+    ``tests/ops/test_interop.py`` checks it.
 
     Returns
     -------
     bool
-        Whether the registration was made.
+        Whether the registration was made or is waiting for scanpy's import.
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -86,9 +91,17 @@ def register_scanpy() -> bool:
 
         if Version(version("scanpy")) >= Version("1.12"):
             return False
-        from scanpy._utils import axis_mul_or_truediv
     except (PackageNotFoundError, ImportError):
         return False
+    module = sys.modules.get("scanpy._utils")
+    if module is not None:
+        _keep_blocks(module.axis_mul_or_truediv)
+    elif not any(isinstance(f, _AfterScanpyUtils) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterScanpyUtils())
+    return True
+
+
+def _keep_blocks(axis_mul_or_truediv) -> None:
     scale = axis_mul_or_truediv.dispatch(sp.csr_matrix)
 
     def keep_block(x, *args, **kwargs):
@@ -96,4 +109,23 @@ def register_scanpy() -> bool:
 
     for cls in (CSRBlock, CSCBlock):
         axis_mul_or_truediv.register(cls, keep_block)
-    return True
+
+
+class _AfterScanpyUtils(importlib.abc.MetaPathFinder):
+    """Runs :func:`_keep_blocks` right after ``scanpy._utils`` is executed, then leaves."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "scanpy._utils":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _keep_blocks(module.axis_mul_or_truediv)
+
+        spec.loader.exec_module = exec_module
+        return spec
