@@ -18,7 +18,8 @@ demo: setup
 # Then the interop tests run again on Python 3.12 with the newest anndata and scanpy (.venv312);
 # without a python3.12 (PATH or pyenv) they are skipped with a line, or fail when
 # SCDASK_REQUIRE_PY312=1 (as in .ci/run).
-PY312 ?= $(shell command -v python3.12 || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python 2>/dev/null | tail -1)
+# (the first candidate that really runs 3.12: a pyenv shim may exist without the version)
+PY312 ?= $(shell for c in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python 2>/dev/null) $$(command -v python3.12); do "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && echo "$$c" && break; done)
 INTEROP_TESTS := tests/ops/test_interop.py tests/ops/test_operation_table.py tests/test_other_inputs.py
 
 test: setup test-main test-interop
